@@ -1,0 +1,130 @@
+"""Command line: `egressd replay ...`.
+
+Exit codes: 0 ok, 2 bad input (usage, unreadable capture or policy, unwritable
+output), 1 internal error.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from egressd import __version__
+
+EXIT_OK, EXIT_INTERNAL, EXIT_BAD_INPUT = 0, 1, 2
+
+
+class BadInput(Exception):
+    """User-facing error: the message names the file or flag and the reason."""
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="egressd",
+        description="Egress inspection engine for AWS Gateway Load Balancer (GENEVE) traffic.")
+    p.add_argument("--version", action="version", version=f"egressd {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    r = sub.add_parser("replay", help="replay a pcap/pcapng of GWLB traffic through the pipeline",
+                       description="Decapsulate GWLB GENEVE traffic from a capture, decide every "
+                                   "packet, and write the packets a GWLB target returns.")
+    r.add_argument("input", metavar="IN", help="capture to replay (pcap or pcapng)")
+    r.add_argument("--out", required=True, metavar="OUT.pcap",
+                   help="where returned (forwarded) packets are written, re-encapsulated")
+    r.add_argument("--policy", action="append", default=[], metavar="FILE",
+                   help="policy file (repeatable); none means allow all")
+    r.add_argument("--dropped", metavar="DROP.pcap", help="also write dropped packets, as received")
+    r.add_argument("--stats", metavar="STATS.json", help="write run statistics as JSON")
+    r.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="progress bar (default: on when stderr is a terminal)")
+    r.add_argument("--accept-non-gwlb", action="store_true",
+                   help="accept GENEVE packets without GWLB's endpoint/attachment/cookie options")
+    return p
+
+
+def _check_output(path: str, flag: str, inp: Path) -> None:
+    out = Path(path)
+    if out.exists() and inp.exists() and out.resolve() == inp.resolve():
+        raise BadInput(f"{flag} {path}: would overwrite the input capture")
+    if not out.parent.is_dir():
+        raise BadInput(f"{flag} {path}: directory {out.parent} does not exist")
+
+
+def _replay(args: argparse.Namespace) -> int:
+    from egressd.engine.pcapio import CaptureError
+    from egressd.engine.pipeline import replay
+
+    inp = Path(args.input)
+    for flag, path in (("--out", args.out), ("--dropped", args.dropped), ("--stats", args.stats)):
+        if path:
+            _check_output(path, flag, inp)
+    for pol in args.policy:
+        if not os.access(pol, os.R_OK) or not Path(pol).is_file():
+            raise BadInput(f"--policy {pol}: not a readable file")
+    if args.policy:
+        print("egressd: warning: policy enforcement is not implemented yet; replaying allow-all",
+              file=sys.stderr)
+    show = sys.stderr.isatty() if args.progress is None else args.progress
+    try:
+        if show:
+            stats = _with_progress(inp, args)
+        else:
+            stats = replay(inp, args.out, args.dropped, require_gwlb=not args.accept_non_gwlb)
+    except CaptureError as e:
+        raise BadInput(str(e)) from None
+    report = stats.to_dict()
+    if args.stats:
+        Path(args.stats).write_text(json.dumps(report, indent=2) + "\n")
+    _summary(report)
+    return EXIT_OK
+
+
+def _with_progress(inp: Path, args: argparse.Namespace):
+    from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn,
+                               TimeRemainingColumn, TransferSpeedColumn)
+
+    from egressd.engine.pipeline import replay
+
+    size = inp.stat().st_size if inp.is_file() else None
+    columns = (TextColumn("replay"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+               TimeRemainingColumn())
+    with Progress(*columns, transient=True) as bar:
+        task = bar.add_task("replay", total=size)
+        return replay(inp, args.out, args.dropped, require_gwlb=not args.accept_non_gwlb,
+                      progress=lambda done: bar.update(task, completed=done))
+
+
+def _summary(report: dict) -> None:
+    drops = ", ".join(f"{k} {v}" for k, v in sorted(report["drops"].items(), key=lambda kv: -kv[1]))
+    lines = [
+        f"egressd: {report['packets_in']} packets ({report['bytes_in']} bytes) in "
+        f"{report['elapsed_s']:.3f} s",
+        f"  forwarded {report['packets_forwarded']} -> {report['outputs']['forwarded']}",
+        f"  dropped   {report['packets_dropped']}" + (f" ({drops})" if drops else "")
+        + (f" -> {report['outputs']['dropped']}" if report['outputs']['dropped'] else ""),
+    ]
+    skipped = report["input"].get("records_skipped")
+    if skipped:
+        lines.append("  warning: capture ends inside a record; skipped: "
+                     + ", ".join(f"{k} {v}" for k, v in skipped.items()))
+    print("\n".join(lines), file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return _replay(args)
+    except BadInput as e:
+        print(f"egressd: error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("egressd: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001 - last line of defence: one line, not a traceback
+        if os.environ.get("EGRESSD_DEBUG"):
+            raise
+        print(f"egressd: internal error: {type(e).__name__}: {e} (set EGRESSD_DEBUG=1 for a traceback)",
+              file=sys.stderr)
+        return EXIT_INTERNAL

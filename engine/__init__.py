@@ -1,0 +1,1 @@
+"""Inner parsing, flows, pcap I/O, pipeline, sinks."""

@@ -1,0 +1,1 @@
+"""GENEVE (RFC 8926) and GWLB option codec: decapsulation and the return path."""

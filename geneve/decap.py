@@ -1,0 +1,219 @@
+"""Stage 1: outer link / IPv4 / UDP 6081 / GENEVE / GWLB options -> batch columns.
+
+Every read is checked against the captured length; the option walk is bounded by
+the header's option length and advances at least 4 bytes a step.  A packet that
+fails any check gets a drop reason and is counted; nothing raises.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from egressd.engine.batch import PacketBatch
+from egressd.engine.pcapio import (L3_UNKNOWN, LINKTYPE_ETHERNET, LINKTYPE_IPV4, LINKTYPE_IPV6,
+                                   LINKTYPE_LINUX_SLL, LINKTYPE_LINUX_SLL2, LINKTYPE_RAW)
+from egressd.engine.reasons import N_REASONS, Reason, Verdict
+from egressd.engine.wire import ones_sum, u16, u32, u64
+from egressd.geneve.header import (FLAG_OAM, GENEVE_HDR_LEN, GENEVE_PORT, GWLB_ATTACHMENT_ID,
+                                   GWLB_ATTACHMENT_ID_LEN, GWLB_CLASS, GWLB_ENDPOINT_ID,
+                                   GWLB_ENDPOINT_ID_LEN, GWLB_FLOW_COOKIE, GWLB_FLOW_COOKIE_LEN,
+                                   OPT_CRITICAL, OPT_HDR_LEN, PROTO_IPV4, PROTO_IPV6)
+
+ETH_IPV4 = 0x0800
+ETH_IPV6 = 0x86DD
+MAX_VLAN_TAGS = 2
+
+_SEEN_ENI, _SEEN_ATTACH, _SEEN_COOKIE = 1, 2, 4
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _is_vlan(ethertype):
+    return ethertype == 0x8100 or ethertype == 0x88A8 or ethertype == 0x9100
+
+
+@njit(cache=True, nogil=True)
+def _link(buf, s, c, link):
+    """Offset of the network header and its ethertype, or (reason, 0) on failure.
+
+    Returns (offset, ethertype, reason).
+    """
+    if link == LINKTYPE_ETHERNET:
+        if c < 14:
+            return 0, 0, Reason.LINK_TRUNCATED
+        p = 12
+        et = u16(buf, s + p)
+        tags = 0
+        while _is_vlan(et):
+            if tags == MAX_VLAN_TAGS:
+                return 0, 0, Reason.TOO_MANY_VLAN_TAGS
+            if c < p + 6:
+                return 0, 0, Reason.LINK_TRUNCATED
+            p += 4
+            et = u16(buf, s + p)
+            tags += 1
+        return p + 2, et, Reason.OK
+    if link == LINKTYPE_RAW or link == LINKTYPE_IPV4 or link == LINKTYPE_IPV6:
+        if c < 1:
+            return 0, 0, Reason.LINK_TRUNCATED
+        v = buf[s] >> 4
+        return 0, ETH_IPV4 if v == 4 else (ETH_IPV6 if v == 6 else 0), Reason.OK
+    if link == LINKTYPE_LINUX_SLL:
+        if c < 16:
+            return 0, 0, Reason.LINK_TRUNCATED
+        return 16, u16(buf, s + 14), Reason.OK
+    if link == LINKTYPE_LINUX_SLL2:
+        if c < 20:
+            return 0, 0, Reason.LINK_TRUNCATED
+        return 20, u16(buf, s, True), Reason.OK
+    return 0, 0, Reason.LINK_UNSUPPORTED
+
+
+@njit(cache=True, nogil=True)
+def _decap_one(buf, s, c, wire, link, require_gwlb, i, l3, geneve, inner, inner_len, gproto, vni,
+               outer_src, outer_dst, outer_sport, eni, attach, cookie):
+    if c < wire:
+        return Reason.CAPTURE_TRUNCATED
+    p, et, r = _link(buf, s, c, link)
+    if r != Reason.OK:
+        return r
+    if et != ETH_IPV4:
+        if et == ETH_IPV6:
+            l3[i] = p
+            return Reason.OUTER_NOT_IPV4
+        return Reason.LINK_NOT_IP
+    l3[i] = p
+    # outer IPv4
+    if c - p < 20:
+        return Reason.OUTER_IP_TRUNCATED
+    if buf[s + p] >> 4 != 4:
+        return Reason.OUTER_NOT_IPV4
+    ihl = np.int64(buf[s + p] & 0x0F) * 4
+    tot = np.int64(u16(buf, s + p + 2))
+    if ihl < 20 or tot < ihl:
+        return Reason.OUTER_IP_BAD_HEADER
+    if c - p < ihl:
+        return Reason.OUTER_IP_TRUNCATED
+    if p + tot > c:
+        return Reason.OUTER_IP_BAD_LENGTH
+    if ones_sum(buf, s + p, ihl) != 0xFFFF:
+        return Reason.OUTER_IP_BAD_CHECKSUM
+    if u16(buf, s + p + 6) & 0x3FFF:  # MF or a fragment offset
+        return Reason.OUTER_IP_FRAGMENT
+    if buf[s + p + 9] != 17:
+        return Reason.OUTER_NOT_UDP
+    # UDP
+    u = p + ihl
+    if tot - ihl < 8:
+        return Reason.UDP_TRUNCATED
+    ulen = np.int64(u16(buf, s + u + 4))
+    if ulen < 8 or ulen > tot - ihl:
+        return Reason.UDP_BAD_LENGTH
+    if u16(buf, s + u + 2) != GENEVE_PORT:
+        return Reason.NOT_GENEVE_PORT
+    outer_src[i] = u32(buf, s + p + 12)
+    outer_dst[i] = u32(buf, s + p + 16)
+    outer_sport[i] = u16(buf, s + u)
+    # GENEVE header
+    g = u + 8
+    end = u + ulen
+    if end - g < GENEVE_HDR_LEN:
+        return Reason.GENEVE_TRUNCATED
+    geneve[i] = g
+    if buf[s + g] >> 6 != 0:
+        return Reason.GENEVE_BAD_VERSION
+    optlen = np.int64(buf[s + g] & 0x3F) * 4
+    if buf[s + g + 1] & FLAG_OAM:
+        return Reason.GENEVE_OAM
+    if end - g - GENEVE_HDR_LEN < optlen:
+        return Reason.GENEVE_OPTIONS_TRUNCATED
+    proto = u16(buf, s + g + 2)
+    vni[i] = u32(buf, s + g + 4) >> 8
+    # options: at most 63 words, each option at least one word
+    q = g + GENEVE_HDR_LEN
+    oend = q + optlen
+    seen = 0
+    while q < oend:
+        if oend - q < OPT_HDR_LEN:
+            return Reason.GENEVE_OPTION_MALFORMED
+        ocls = u16(buf, s + q)
+        otype = buf[s + q + 2]
+        olen = np.int64(buf[s + q + 3] & 0x1F) * 4
+        d = q + OPT_HDR_LEN
+        if oend - d < olen:
+            return Reason.GENEVE_OPTION_MALFORMED
+        if ocls == GWLB_CLASS and otype == GWLB_ENDPOINT_ID:
+            if olen != GWLB_ENDPOINT_ID_LEN:
+                return Reason.GWLB_OPTION_BAD_LENGTH
+            if seen & _SEEN_ENI:
+                return Reason.GWLB_OPTION_DUPLICATE
+            seen |= _SEEN_ENI
+            eni[i] = u64(buf, s + d)
+        elif ocls == GWLB_CLASS and otype == GWLB_ATTACHMENT_ID:
+            if olen != GWLB_ATTACHMENT_ID_LEN:
+                return Reason.GWLB_OPTION_BAD_LENGTH
+            if seen & _SEEN_ATTACH:
+                return Reason.GWLB_OPTION_DUPLICATE
+            seen |= _SEEN_ATTACH
+            attach[i] = u64(buf, s + d)
+        elif ocls == GWLB_CLASS and otype == GWLB_FLOW_COOKIE:
+            if olen != GWLB_FLOW_COOKIE_LEN:
+                return Reason.GWLB_OPTION_BAD_LENGTH
+            if seen & _SEEN_COOKIE:
+                return Reason.GWLB_OPTION_DUPLICATE
+            seen |= _SEEN_COOKIE
+            cookie[i] = u32(buf, s + d)
+        elif otype & OPT_CRITICAL:
+            return Reason.GENEVE_UNKNOWN_CRITICAL
+        q = d + olen
+    if proto != PROTO_IPV4 and proto != PROTO_IPV6:
+        return Reason.GENEVE_BAD_PROTOCOL
+    gproto[i] = proto
+    if require_gwlb and seen != (_SEEN_ENI | _SEEN_ATTACH | _SEEN_COOKIE):
+        return Reason.GWLB_OPTIONS_MISSING
+    # inner packet: the rest of the UDP payload
+    inner[i] = oend
+    inner_len[i] = end - oend
+    if end == oend:
+        return Reason.INNER_EMPTY
+    v = buf[s + oend] >> 4
+    if (proto == PROTO_IPV4 and v != 4) or (proto == PROTO_IPV6 and v != 6):
+        return Reason.INNER_VERSION_MISMATCH
+    return Reason.OK
+
+
+@njit(cache=True, nogil=True)
+def _decap(buf, off, caplen, wirelen, link, n, require_gwlb, l3, geneve, inner, inner_len, gproto,
+           vni, outer_src, outer_dst, outer_sport, eni, attach, cookie, verdict, reason, counts):
+    for i in range(n):
+        l3[i] = L3_UNKNOWN
+        geneve[i] = 0
+        inner[i] = 0
+        inner_len[i] = 0
+        gproto[i] = 0
+        vni[i] = 0
+        outer_src[i] = 0
+        outer_dst[i] = 0
+        outer_sport[i] = 0
+        eni[i] = 0
+        attach[i] = 0
+        cookie[i] = 0
+        r = _decap_one(buf, off[i], np.int64(caplen[i]), np.int64(wirelen[i]), link[i], require_gwlb,
+                       i, l3, geneve, inner, inner_len, gproto, vni, outer_src, outer_dst,
+                       outer_sport, eni, attach, cookie)
+        if r != Reason.OK:
+            verdict[i] = Verdict.DROP
+            reason[i] = r
+        counts[r] += 1
+
+
+def decap(b: PacketBatch, counts: np.ndarray, require_gwlb: bool = True) -> None:
+    """Fill the outer and GWLB columns of `b`; drop (with a reason) what is not GWLB GENEVE.
+
+    `counts[reason]` is incremented once per packet (reason OK for a good packet).
+    `require_gwlb=False` accepts GENEVE without GWLB's three options (other tunnels).
+    """
+    if counts.shape != (N_REASONS,) or counts.dtype != np.uint64:
+        raise ValueError(f"counts must be uint64[{N_REASONS}]")
+    _decap(b.buf, b.off, b.caplen, b.wirelen, b.link, b.n, require_gwlb, b.l3, b.geneve, b.inner,
+           b.inner_len, b.gproto, b.vni, b.outer_src, b.outer_dst, b.outer_sport, b.gwlb_eni,
+           b.gwlb_attach, b.gwlb_cookie, b.verdict, b.reason, counts)
