@@ -18,7 +18,7 @@ from numba import njit
 
 from egressd.engine.batch import PacketBatch
 from egressd.engine.reasons import Verdict
-from egressd.engine.wire import u16, u32
+from egressd.engine.wire import copy, put_u32le, u16, u32
 
 # Link types egressd decodes (pcap LINKTYPE_* values) and their names for errors.
 LINKTYPE_ETHERNET = 1
@@ -416,20 +416,18 @@ def _pack_records(buf, off, caplen, wirelen, ts_ns, link, l3, verdict, want, n, 
             hdr = 14
         clen = c + hdr
         sec = ts_ns[i] // 1_000_000_000
-        ns = ts_ns[i] - sec * 1_000_000_000
-        for k, v in enumerate((sec, ns, clen, clen + extra)):
-            v32 = np.uint32(v & 0xFFFFFFFF)
-            out[p + 4 * k] = v32 & 0xFF
-            out[p + 4 * k + 1] = (v32 >> 8) & 0xFF
-            out[p + 4 * k + 2] = (v32 >> 16) & 0xFF
-            out[p + 4 * k + 3] = v32 >> 24
+        put_u32le(out, p, sec)
+        put_u32le(out, p + 4, ts_ns[i] - sec * 1_000_000_000)
+        put_u32le(out, p + 8, clen)
+        put_u32le(out, p + 12, clen + extra)
         p += 16
         if hdr:
-            out[p:p + 12] = 0
+            for k in range(12):
+                out[p + k] = 0
             out[p + 12] = 0x08 if ver == 4 else 0x86
             out[p + 13] = 0x00 if ver == 4 else 0xDD
             p += 14
-        out[p:p + c] = buf[s:s + c]
+        copy(out, p, buf, s, c)
         p += c
         written += 1
     return p, written, skipped
