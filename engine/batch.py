@@ -34,6 +34,41 @@ COLUMNS: dict[str, type] = {
     "gwlb_eni": np.uint64,    # GWLB endpoint id (option type 1)
     "gwlb_attach": np.uint64, # attachment id (option type 2)
     "gwlb_cookie": np.uint32, # flow cookie (option type 3)
+    # filled by engine.parse: the inner packet as inspected.  `ip`, `l4` and `payload`
+    # are absolute offsets into `buf`: a reassembled datagram lives outside its frame.
+    "ip": np.int64,           # inner IP header
+    "ip_len": np.uint32,      # inner IP packet length (total length, within the capture)
+    "ipver": np.uint8,        # 4 or 6
+    "proto": np.uint8,        # transport protocol after IPv6 extension headers
+    "src_hi": np.uint64,      # addresses as 128-bit numbers, IPv4 mapped (::ffff:a.b.c.d)
+    "src_lo": np.uint64,
+    "dst_hi": np.uint64,
+    "dst_lo": np.uint64,
+    "sport": np.uint16,       # ICMP echo: the identifier, in both
+    "dport": np.uint16,
+    "icmp_type": np.uint8,
+    "icmp_code": np.uint8,
+    "tcp_flags": np.uint8,
+    "tcp_seq": np.uint32,
+    "tcp_ack": np.uint32,
+    "l4": np.int64,           # transport header (0: none, e.g. a non-first fragment)
+    "payload": np.int64,      # transport payload
+    "payload_len": np.uint32,
+    "pflags": np.uint16,      # engine.parse.PF_* bits
+    "frag_id": np.uint32,     # IPv4 identification / IPv6 fragment header identification
+    "frag_off": np.uint32,    # fragment offset in bytes
+    # ICMP errors: the tuple of the packet they quote, as that packet was sent
+    "rel_proto": np.uint8,
+    "rel_src_hi": np.uint64,
+    "rel_src_lo": np.uint64,
+    "rel_dst_hi": np.uint64,
+    "rel_dst_lo": np.uint64,
+    "rel_sport": np.uint16,
+    "rel_dport": np.uint16,
+    # filled by engine.flows
+    "flow": np.int64,         # flow table slot, -1 for none
+    "flow_id": np.uint64,     # unique id of the flow (EVE flow_id)
+    "dir": np.uint8,          # 0: from the flow's initiator, 1: from its responder
     # verdict of the pipeline
     "verdict": np.uint8,      # Verdict
     "reason": np.uint16,      # Reason of a drop

@@ -160,11 +160,12 @@ class CaptureReader:
     """Stream a pcap or pcapng file as PacketBatches of bounded size.
 
     `records_skipped` counts what could not become a packet (a final record cut
-    short by the end of the file).
+    short by the end of the file).  `extra_bytes` reserves a tail of the batch
+    buffer, from `extra_base` on, that reading never touches (reassembly slabs).
     """
 
     def __init__(self, path: str | os.PathLike, batch_packets: int = 32768,
-                 chunk_bytes: int = 16 << 20) -> None:
+                 chunk_bytes: int = 16 << 20, extra_bytes: int = 0) -> None:
         self.path = Path(path)
         self.records_skipped: dict[str, int] = {}
         self.linktypes: list[int] = []
@@ -176,7 +177,9 @@ class CaptureReader:
             raise CaptureError(f"{self.path}: cannot open: {e.strerror}") from None
         try:
             self.size = os.fstat(self._f.fileno()).st_size
-            self._buf = np.empty(chunk_bytes, dtype=np.uint8)
+            self._chunk = chunk_bytes
+            self.extra_base = chunk_bytes
+            self._buf = np.empty(chunk_bytes + extra_bytes, dtype=np.uint8)
             self.batch = PacketBatch(batch_packets, self._buf)
             self._have = 0
             self._pos = 0
@@ -197,9 +200,9 @@ class CaptureReader:
             self._pos = 0
         self._have = tail
         view = memoryview(self._buf)
-        while self._have < len(self._buf) and not self._eof:
+        while self._have < self._chunk and not self._eof:
             try:
-                got = self._f.readinto(view[self._have:])
+                got = self._f.readinto(view[self._have:self._chunk])
             except OSError as e:
                 raise CaptureError(f"{self.path}: read error: {e.strerror}") from None
             if not got:

@@ -1,7 +1,8 @@
 """The replay pipeline: capture in, stages over each batch, returned packets out.
 
-Stages run once per batch, never per packet: decap -> decide -> return path ->
-sinks.  Until the policy layer lands, the decision is allow-all.
+Stages run once per batch, never per packet: decap -> parse -> fragment reassembly
+(and parse of what it completed) -> decide -> return path -> sinks.  Until the
+policy layer lands, the decision is allow-all.
 """
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from egressd.engine.batch import PacketBatch
+from egressd.engine.frag import FragConfig, FragTable
+from egressd.engine.parse import parse, reparse
 from egressd.engine.pcapio import CaptureReader, PcapWriter
 from egressd.engine.reasons import N_REASONS, NAMES, STAGES, Verdict
 from egressd.geneve.decap import decap
@@ -38,6 +41,7 @@ class ReplayStats:
     batches: int = 0
     elapsed_s: float = 0.0
     capture: dict = field(default_factory=dict)
+    fragments: dict = field(default_factory=dict)
 
     @property
     def packets_dropped(self) -> int:
@@ -59,6 +63,7 @@ class ReplayStats:
             "bytes_dropped": self.bytes_dropped,
             "drops": drops,
             "drops_by_stage": by_stage,
+            "fragments": self.fragments,
             "outputs": {"forwarded": self.forwarded_path, "dropped": self.dropped_path,
                         "dropped_not_written": self.dropped_unwritable},
             "batches": self.batches,
@@ -74,7 +79,7 @@ def _allow_all(b: PacketBatch) -> None:
 
 def replay(inp: str | Path, out: str | Path, dropped: str | Path | None = None,
            require_gwlb: bool = True, batch_packets: int = 32768,
-           progress: ProgressFn | None = None) -> ReplayStats:
+           frag: FragConfig | None = None, progress: ProgressFn | None = None) -> ReplayStats:
     """Replay capture `inp`; write returned packets to `out` (and drops to `dropped`).
 
     `progress(bytes_read)` is called after every batch.  Raises CaptureError for a
@@ -83,7 +88,9 @@ def replay(inp: str | Path, out: str | Path, dropped: str | Path | None = None,
     """
     stats = ReplayStats(str(inp), str(out), str(dropped) if dropped else None)
     start = time.perf_counter()
-    with CaptureReader(inp, batch_packets=batch_packets) as reader:
+    frags = FragTable(frag)
+    with CaptureReader(inp, batch_packets=batch_packets,
+                       extra_bytes=frags.config.pool_bytes) as reader:
         writers = [PcapWriter(out)]
         if dropped:
             writers.append(PcapWriter(dropped))
@@ -91,6 +98,9 @@ def replay(inp: str | Path, out: str | Path, dropped: str | Path | None = None,
             for b in reader:
                 n = b.n
                 decap(b, stats.reason_counts, require_gwlb)
+                parse(b, stats.reason_counts)
+                frags.reassemble(b, reader.extra_base, stats.reason_counts)
+                reparse(b, stats.reason_counts)
                 _allow_all(b)
                 return_inplace(b)
                 writers[0].write(b, Verdict.PASS)
@@ -111,6 +121,7 @@ def replay(inp: str | Path, out: str | Path, dropped: str | Path | None = None,
             w.commit()
         stats.capture = {"format": reader.format, "linktypes": reader.linktypes,
                          "size": reader.size, "records_skipped": dict(reader.records_skipped)}
+    stats.fragments = frags.counters()
     stats.packets_forwarded = writers[0].packets
     stats.bytes_forwarded = writers[0].bytes
     if dropped:
