@@ -86,12 +86,24 @@ def _scan_pcap(buf, pos, end, big, nsec, link, off, caplen, wirelen, ts_ns, link
 @njit(cache=True, nogil=True, inline="always")
 def _pcapng_ts(raw, mode, val, offset_ns):
     # mode 0: ticks of 10^-k s with k <= 9 (val = 10^(9-k)); 1: k > 9 (val = 10^(k-9));
-    # 2: ticks of 2^-val s.
+    # 2: ticks of 2^-val s, converted exactly in 64-bit integers.
     if mode == 0:
         return np.int64(raw) * val + offset_ns
     if mode == 1:
         return np.int64(raw // np.uint64(val)) + offset_ns
-    return np.int64(float(raw) / float(np.uint64(1) << np.uint64(val)) * 1e9) + offset_ns
+    k = np.uint64(val)
+    one = np.uint64(1)
+    billion = np.uint64(1_000_000_000)
+    frac = raw & ((one << k) - one)
+    if k < 32:
+        frac_ns = (frac * billion) >> k
+    else:
+        # floor(frac * 1e9 / 2^k) with frac split in 32-bit halves: no term overflows,
+        # and the low 32 bits of the low product cannot carry into the result.
+        hi = (frac >> np.uint64(32)) * billion
+        lo = (frac & np.uint64(0xFFFFFFFF)) * billion
+        frac_ns = (hi + (lo >> np.uint64(32))) >> (k - np.uint64(32))
+    return np.int64(raw >> k) * 1_000_000_000 + np.int64(frac_ns) + offset_ns
 
 
 @njit(cache=True, nogil=True)
