@@ -1,8 +1,10 @@
-"""The replay pipeline: capture in, stages over each batch, returned packets out.
+"""The pipeline: the stages every batch goes through, and `replay` around it.
 
 Stages run once per batch, never per packet: decap -> parse -> fragment reassembly
-(and parse of what it completed) -> decide -> return path -> sinks.  Until the
-policy layer lands, the decision is allow-all.
+(and parse of what it completed) -> decide -> return path; replay adds the capture
+reader in front and the pcap writers behind.  Until the policy layer lands, the
+decision is allow-all.  Every stage's time is accumulated per batch (VPP's `show
+runtime`), so the stats say where the time goes.
 """
 from __future__ import annotations
 
@@ -10,18 +12,58 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
 from egressd.engine.batch import PacketBatch
 from egressd.engine.frag import FragConfig, FragTable
 from egressd.engine.parse import parse, reparse
-from egressd.engine.pcapio import CaptureReader, PcapWriter
+from egressd.engine.pcapio import DEFAULT_BATCH_PACKETS, CaptureReader, PcapWriter
 from egressd.engine.reasons import N_REASONS, NAMES, STAGES, Verdict
 from egressd.geneve.decap import decap
 from egressd.geneve.encap import return_inplace
 
 ProgressFn = Callable[[int], None]
+T = TypeVar("T")
+
+
+def _allow_all(b: PacketBatch) -> None:
+    v = b.verdict[:b.n]
+    v[v == Verdict.PENDING] = Verdict.PASS
+
+
+class Pipeline:
+    """Stage state (fragment table), drop counters and per-stage time.
+
+    `process(b, base)` runs every stage over batch `b`, whose buffer holds the
+    fragment slabs from offset `base` on (`extra_bytes` of them).
+    """
+
+    def __init__(self, require_gwlb: bool = True, frag: FragConfig | None = None) -> None:
+        self.require_gwlb = require_gwlb
+        self.frags = FragTable(frag)
+        self.counts = np.zeros(N_REASONS, np.uint64)
+        self.stage_ns: dict[str, int] = {}
+
+    @property
+    def extra_bytes(self) -> int:
+        return self.frags.config.pool_bytes
+
+    def timed(self, name: str, fn: Callable[[], T]) -> T:
+        """fn(), its time added to stage `name`."""
+        t0 = time.perf_counter_ns()
+        result = fn()
+        self.stage_ns[name] = self.stage_ns.get(name, 0) + time.perf_counter_ns() - t0
+        return result
+
+    def process(self, b: PacketBatch, base: int) -> None:
+        c = self.counts
+        self.timed("decap", lambda: decap(b, c, self.require_gwlb))
+        self.timed("parse", lambda: parse(b, c))
+        self.timed("reassemble", lambda: (self.frags.reassemble(b, base, c), reparse(b, c)))
+        self.timed("decide", lambda: _allow_all(b))
+        self.timed("return", lambda: return_inplace(b))
 
 
 @dataclass
@@ -42,6 +84,7 @@ class ReplayStats:
     elapsed_s: float = 0.0
     capture: dict = field(default_factory=dict)
     fragments: dict = field(default_factory=dict)
+    stage_ns: dict = field(default_factory=dict)
 
     @property
     def packets_dropped(self) -> int:
@@ -53,6 +96,7 @@ class ReplayStats:
         for r, c in enumerate(self.reason_counts):
             if r and c:
                 by_stage[STAGES[r]] = by_stage.get(STAGES[r], 0) + int(c)
+        per_packet = max(self.packets_in, 1)
         return {
             "input": {"path": self.input, **self.capture},
             "packets_in": self.packets_in,
@@ -69,16 +113,13 @@ class ReplayStats:
             "batches": self.batches,
             "elapsed_s": round(self.elapsed_s, 6),
             "packets_per_s": round(self.packets_in / self.elapsed_s) if self.elapsed_s > 0 else None,
+            "stages": {name: {"seconds": round(ns / 1e9, 6), "ns_per_packet": round(ns / per_packet, 1)}
+                       for name, ns in self.stage_ns.items()},
         }
 
 
-def _allow_all(b: PacketBatch) -> None:
-    v = b.verdict[:b.n]
-    v[v == Verdict.PENDING] = Verdict.PASS
-
-
 def replay(inp: str | Path, out: str | Path, dropped: str | Path | None = None,
-           require_gwlb: bool = True, batch_packets: int = 32768,
+           require_gwlb: bool = True, batch_packets: int = DEFAULT_BATCH_PACKETS,
            frag: FragConfig | None = None, progress: ProgressFn | None = None) -> ReplayStats:
     """Replay capture `inp`; write returned packets to `out` (and drops to `dropped`).
 
@@ -88,24 +129,21 @@ def replay(inp: str | Path, out: str | Path, dropped: str | Path | None = None,
     """
     stats = ReplayStats(str(inp), str(out), str(dropped) if dropped else None)
     start = time.perf_counter()
-    frags = FragTable(frag)
-    with CaptureReader(inp, batch_packets=batch_packets,
-                       extra_bytes=frags.config.pool_bytes) as reader:
+    pipe = Pipeline(require_gwlb, frag)
+    with CaptureReader(inp, batch_packets=batch_packets, extra_bytes=pipe.extra_bytes) as reader:
         writers = [PcapWriter(out)]
         if dropped:
             writers.append(PcapWriter(dropped))
+        batches = iter(reader)
         try:
-            for b in reader:
+            while True:
+                b = pipe.timed("read", lambda: next(batches, None))
+                if b is None:
+                    break
+                pipe.process(b, reader.extra_base)
+                pipe.timed("write", lambda: [w.write(b, want) for w, want in
+                                             zip(writers, (Verdict.PASS, Verdict.DROP))])
                 n = b.n
-                decap(b, stats.reason_counts, require_gwlb)
-                parse(b, stats.reason_counts)
-                frags.reassemble(b, reader.extra_base, stats.reason_counts)
-                reparse(b, stats.reason_counts)
-                _allow_all(b)
-                return_inplace(b)
-                writers[0].write(b, Verdict.PASS)
-                if dropped:
-                    writers[1].write(b, Verdict.DROP)
                 caplen = b.caplen[:n]
                 stats.packets_in += n
                 stats.bytes_in += int(caplen.sum(dtype=np.int64))
@@ -121,7 +159,9 @@ def replay(inp: str | Path, out: str | Path, dropped: str | Path | None = None,
             w.commit()
         stats.capture = {"format": reader.format, "linktypes": reader.linktypes,
                          "size": reader.size, "records_skipped": dict(reader.records_skipped)}
-    stats.fragments = frags.counters()
+    stats.reason_counts = pipe.counts
+    stats.stage_ns = pipe.stage_ns
+    stats.fragments = pipe.frags.counters()
     stats.packets_forwarded = writers[0].packets
     stats.bytes_forwarded = writers[0].bytes
     if dropped:
