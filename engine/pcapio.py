@@ -41,6 +41,7 @@ MAX_CAPLEN = 262144
 # Largest pcapng block accepted (packet blocks are far smaller; this bounds buffering).
 MAX_BLOCK = 8 << 20
 MAX_INTERFACES = 4096
+MAX_TS_OFFSET_S = 1 << 32  # if_tsoffset beyond ~136 years is a corrupt file
 # A batch's frames should stay in L2 while every stage walks them: read about 1 MiB
 # at a time and cut batches at a few thousand packets (measured: 2-3x faster than
 # filling 16 MiB and cutting 32 k-packet batches, whose frames left the cache
@@ -338,7 +339,10 @@ class CaptureReader:
                 else:
                     raise self._block_error("interface timestamp resolution")
             elif code == 14 and olen == 8:  # if_tsoffset, seconds
-                tsoff = struct.unpack(e + "q", value)[0] * 1_000_000_000
+                secs = struct.unpack(e + "q", value)[0]
+                if abs(secs) > MAX_TS_OFFSET_S:  # the ns sum must fit in 64 bits
+                    raise self._block_error("interface timestamp offset")
+                tsoff = secs * 1_000_000_000
             p += 4 + ((olen + 3) & ~3)
         i = self._n_if
         self._if_link[i], self._if_snap[i] = link, snap
