@@ -9,6 +9,7 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from egressd import __version__
@@ -41,6 +42,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="progress bar (default: on when stderr is a terminal)")
     r.add_argument("--accept-non-gwlb", action="store_true",
                    help="accept GENEVE packets without GWLB's endpoint/attachment/cookie options")
+    r.add_argument("--flow-capacity", type=int, default=1 << 20, metavar="N",
+                   help="flow table slots, a power of two (default 1048576, about 138 MB)")
     return p
 
 
@@ -53,6 +56,7 @@ def _check_output(path: str, flag: str, inp: Path) -> None:
 
 
 def _replay(args: argparse.Namespace) -> int:
+    from egressd.engine.flows import FlowConfig
     from egressd.engine.pcapio import CaptureError
     from egressd.engine.pipeline import replay
 
@@ -66,12 +70,18 @@ def _replay(args: argparse.Namespace) -> int:
     if args.policy:
         print("egressd: warning: policy enforcement is not implemented yet; replaying allow-all",
               file=sys.stderr)
-    show = sys.stderr.isatty() if args.progress is None else args.progress
     try:
-        if show:
-            stats = _with_progress(inp, args)
-        else:
-            stats = replay(inp, args.out, args.dropped, require_gwlb=not args.accept_non_gwlb)
+        flows = FlowConfig(capacity=args.flow_capacity)
+    except ValueError as e:
+        raise BadInput(f"--flow-capacity: {e}") from None
+    show = sys.stderr.isatty() if args.progress is None else args.progress
+
+    def run(progress=None):
+        return replay(inp, args.out, args.dropped, require_gwlb=not args.accept_non_gwlb,
+                      flows=flows, progress=progress)
+
+    try:
+        stats = _with_progress(inp, run) if show else run()
     except CaptureError as e:
         raise BadInput(str(e)) from None
     report = stats.to_dict()
@@ -81,19 +91,17 @@ def _replay(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _with_progress(inp: Path, args: argparse.Namespace):
+def _with_progress(inp: Path, run: Callable[[Callable[[int], None]], object]):
+    """run(progress) under a progress bar of the bytes of `inp` read."""
     from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn,
                                TimeRemainingColumn, TransferSpeedColumn)
-
-    from egressd.engine.pipeline import replay
 
     size = inp.stat().st_size if inp.is_file() else None
     columns = (TextColumn("replay"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
                TimeRemainingColumn())
     with Progress(*columns, transient=True) as bar:
         task = bar.add_task("replay", total=size)
-        return replay(inp, args.out, args.dropped, require_gwlb=not args.accept_non_gwlb,
-                      progress=lambda done: bar.update(task, completed=done))
+        return run(lambda done: bar.update(task, completed=done))
 
 
 def _summary(report: dict) -> None:

@@ -13,6 +13,12 @@ the batch buffer (after the capture bytes), so a reassembled datagram is address
 like any packet.  Overlaps are resolved first-wins at 8-byte granularity (a rewrite
 of bytes already received is ignored) and counted: overlapping fragments are an
 evasion technique, not something a real sender does.
+
+Failures close rather than open, because every fragment that passes uninspected is
+one the receiver may still use: with no room for another datagram, its fragments are
+dropped (nothing is evicted to make room); a datagram that breaks the rules (too many
+fragments, ends that disagree, data past its end) is poisoned and every later fragment
+of it is dropped until it times out.
 """
 from __future__ import annotations
 
@@ -43,10 +49,10 @@ class FragMode(IntEnum):
 
 
 # context states
-_FREE, _OPEN, _DONE = 0, 1, 2
+_FREE, _OPEN, _DONE, _POISONED = 0, 1, 2, 3
 # counter slots
-C_REASSEMBLED, C_OVERLAPS, C_TIMED_OUT, C_EVICTED, C_DUPLICATES = range(5)
-COUNTER_NAMES = ("reassembled", "overlaps", "timed_out", "evicted", "late_duplicates")
+C_REASSEMBLED, C_OVERLAPS, C_TIMED_OUT, C_DUPLICATES, C_POISONED = range(5)
+COUNTER_NAMES = ("reassembled", "overlaps", "timed_out", "late_duplicates", "poisoned")
 
 
 @dataclass(frozen=True)
@@ -93,8 +99,8 @@ def _v6_frag_header(buf, p):
 @njit(cache=True, nogil=True)
 def _reassemble(buf, base, n, mode, max_frags, timeout_ns, verdict, reason, counts, pflags, ipver,
                 proto, src_hi, src_lo, dst_hi, dst_lo, frag_id, frag_off, ip, ip_len, ts_ns, eni,
-                attach, c_state, c_key, c_ident, c_first_ts, c_total, c_hdrlen, c_field, c_nexthdr,
-                c_nfrags, c_covered, cover, fcounts):
+                attach, c_state, c_key, c_ident, c_first_ts, c_total, c_maxend, c_hdrlen, c_field,
+                c_nexthdr, c_nfrags, c_covered, c_poison, cover, fcounts):
     n_ctx = c_state.shape[0]
     for k in range(n_ctx):  # datagrams completed in the previous batch are done with
         if c_state[k] == _DONE:
@@ -110,37 +116,44 @@ def _reassemble(buf, base, n, mode, max_frags, timeout_ns, verdict, reason, coun
         if mode == FragMode.PASS:
             continue
         now = ts_ns[i]
-        # find this datagram's context; expire old ones on the way (n_ctx is small and
-        # fragments are rare, so a scan is cheaper than a second hash table)
+        # IPv6 keys on addresses and id only (RFC 8200 4.5): later fragments name the
+        # fragment header's next header, not the transport of the first
+        kind = np.uint64(ipver[i]) << np.uint64(8)
+        if ipver[i] == 4:
+            kind |= np.uint64(proto[i])
+        # find this datagram's context; expire old ones on the way (the table is small
+        # and fragments are rare, so a scan is cheaper than a second hash table)
         k = -1
         free = -1
-        oldest = -1
         for j in range(n_ctx):
-            if c_state[j] == _OPEN and now - c_first_ts[j] > timeout_ns:
+            if (c_state[j] == _OPEN or c_state[j] == _POISONED) and now - c_first_ts[j] > timeout_ns:
+                if c_state[j] == _OPEN:
+                    fcounts[C_TIMED_OUT] += 1
                 c_state[j] = _FREE
-                fcounts[C_TIMED_OUT] += 1
             if c_state[j] == _FREE:
                 if free < 0:
                     free = j
                 continue
             if (c_ident[j] == frag_id[i] and c_key[j, 0] == eni[i] and c_key[j, 1] == attach[i]
                     and c_key[j, 2] == src_hi[i] and c_key[j, 3] == src_lo[i]
-                    and c_key[j, 4] == dst_hi[i] and c_key[j, 5] == dst_lo[i]
-                    and c_key[j, 6] == (np.uint64(ipver[i]) << np.uint64(8) | np.uint64(proto[i]))):
+                    and c_key[j, 4] == dst_hi[i] and c_key[j, 5] == dst_lo[i] and c_key[j, 6] == kind):
                 k = j
                 break
-            if c_state[j] == _OPEN and (oldest < 0 or c_first_ts[j] < c_first_ts[oldest]):
-                oldest = j
         if k >= 0 and c_state[k] == _DONE:
             fcounts[C_DUPLICATES] += 1
             continue
+        if k >= 0 and c_state[k] == _POISONED:
+            verdict[i] = Verdict.DROP
+            reason[i] = c_poison[k]
+            counts[c_poison[k]] += 1
+            continue
+        r = Reason.OK
+        if k < 0 and free < 0:
+            verdict[i] = Verdict.DROP
+            reason[i] = Reason.FRAG_TABLE_FULL
+            counts[Reason.FRAG_TABLE_FULL] += 1
+            continue
         if k < 0:
-            if free < 0:
-                if oldest < 0:  # every context completed in this batch: nothing to evict
-                    fcounts[C_EVICTED] += 1
-                    continue
-                free = oldest
-                fcounts[C_EVICTED] += 1
             k = free
             c_state[k] = _OPEN
             c_key[k, 0] = eni[i]
@@ -149,10 +162,11 @@ def _reassemble(buf, base, n, mode, max_frags, timeout_ns, verdict, reason, coun
             c_key[k, 3] = src_lo[i]
             c_key[k, 4] = dst_hi[i]
             c_key[k, 5] = dst_lo[i]
-            c_key[k, 6] = np.uint64(ipver[i]) << np.uint64(8) | np.uint64(proto[i])
+            c_key[k, 6] = kind
             c_ident[k] = frag_id[i]
             c_first_ts[k] = now
             c_total[k] = -1
+            c_maxend[k] = 0
             c_hdrlen[k] = 0
             c_nfrags[k] = 0
             c_covered[k] = 0
@@ -172,22 +186,27 @@ def _reassemble(buf, base, n, mode, max_frags, timeout_ns, verdict, reason, coun
         off = np.int64(frag_off[i])
         end = off + dlen
         more = pflags[i] & PF_MORE_FRAGMENTS
-        r = Reason.OK
-        if hdr < 0 or hdr > HDR_ROOM:
-            r = Reason.FRAG_HEADER_TOO_LONG
-        elif more and dlen % 8:
-            r = Reason.FRAG_BAD_OFFSET
-        elif c_nfrags[k] >= max_frags:
+        if hdr < 0 or hdr > HDR_ROOM:  # this fragment only: the receiver may rebuild without it
+            verdict[i] = Verdict.DROP
+            reason[i] = Reason.FRAG_HEADER_TOO_LONG
+            counts[Reason.FRAG_HEADER_TOO_LONG] += 1
+            continue
+        if c_nfrags[k] >= max_frags:
             r = Reason.FRAG_TOO_MANY
-        elif (not more and c_total[k] >= 0 and c_total[k] != end) or (c_total[k] >= 0 and end > c_total[k]):
+        elif c_total[k] >= 0 and (end > c_total[k] or (not more and end != c_total[k])):
+            r = Reason.FRAG_INCONSISTENT
+        elif not more and c_maxend[k] > end:  # data already seen past this end
             r = Reason.FRAG_INCONSISTENT
         if r != Reason.OK:
             verdict[i] = Verdict.DROP
             reason[i] = r
             counts[r] += 1
-            c_state[k] = _FREE
+            c_state[k] = _POISONED
+            c_poison[k] = r
+            fcounts[C_POISONED] += 1
             continue
         c_nfrags[k] += 1
+        c_maxend[k] = max(c_maxend[k], end)
         if not more:
             c_total[k] = end
         slab = base + np.int64(k) * SLAB
@@ -253,6 +272,8 @@ class FragTable:
         self.ident = np.zeros(m, np.uint32)
         self.first_ts = np.zeros(m, np.int64)
         self.total = np.zeros(m, np.int64)
+        self.maxend = np.zeros(m, np.int64)
+        self.poison = np.zeros(m, np.uint16)
         self.hdrlen = np.zeros(m, np.int64)
         self.field = np.zeros(m, np.int64)
         self.nexthdr = np.zeros(m, np.uint8)
@@ -272,8 +293,8 @@ class FragTable:
                     b.verdict, b.reason, counts, b.pflags, b.ipver, b.proto, b.src_hi, b.src_lo,
                     b.dst_hi, b.dst_lo, b.frag_id, b.frag_off, b.ip, b.ip_len, b.ts_ns, b.gwlb_eni,
                     b.gwlb_attach, self.state, self.key, self.ident, self.first_ts, self.total,
-                    self.hdrlen, self.field, self.nexthdr, self.nfrags, self.covered, self.cover,
-                    self.fcounts)
+                    self.maxend, self.hdrlen, self.field, self.nexthdr, self.nfrags, self.covered,
+                    self.poison, self.cover, self.fcounts)
 
     def counters(self) -> dict[str, int]:
         return {name: int(v) for name, v in zip(COUNTER_NAMES, self.fcounts)}

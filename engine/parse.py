@@ -76,8 +76,10 @@ def _ip(buf, p, avail, quoted):
             flags |= PF_MORE_FRAGMENTS | PF_FRAGMENT
         if frag_off:
             flags |= PF_FRAGMENT
-            if frag_off + tot - ihl > 65535:
-                return Reason.FRAG_BAD_OFFSET, 4, 0, z, z, z, z, 0, 0, 0, 0, 0
+        # every fragment but the last carries a multiple of 8 bytes (RFC 791); a quote
+        # is cut short, so only a packet of our own is held to it
+        if not quoted and ((fo & 0x2000 and (tot - ihl) % 8) or frag_off + tot - ihl > 65535):
+            return Reason.FRAG_BAD_OFFSET, 4, 0, z, z, z, z, 0, 0, 0, 0, 0
         return (Reason.OK, 4, u8(buf, p + 9), z, _V4_MAPPED | np.uint64(u32(buf, p + 12)), z,
                 _V4_MAPPED | np.uint64(u32(buf, p + 16)), ihl, tot, flags, u16(buf, p + 4), frag_off)
     if ver == 6:
@@ -94,6 +96,7 @@ def _ip(buf, p, avail, quoted):
         frag_id = np.uint32(0)
         frag_off = 0
         steps = 0
+        seen_frag = False
         while _is_ext(nh):
             if steps == MAX_EXT_HEADERS:
                 return Reason.IPV6_TOO_MANY_EXT_HEADERS, 6, 0, z, z, z, z, 0, 0, 0, 0, 0
@@ -103,6 +106,9 @@ def _ip(buf, p, avail, quoted):
                 return Reason.IPV6_EXT_HEADER_TRUNCATED, 6, 0, z, z, z, z, 0, 0, 0, 0, 0
             flags |= PF_IPV6_EXT
             if nh == _EXT_FRAGMENT:
+                if seen_frag:
+                    return Reason.IPV6_TWO_FRAGMENT_HEADERS, 6, 0, z, z, z, z, 0, 0, 0, 0, 0
+                seen_frag = True
                 fo = u16(buf, p + q + 2)
                 frag_id = u32(buf, p + q + 4)
                 frag_off = np.int64(fo & 0xFFF8)
@@ -111,9 +117,7 @@ def _ip(buf, p, avail, quoted):
                     flags |= PF_FRAGMENT
                     if fo & 1:
                         flags |= PF_MORE_FRAGMENTS
-                        if (tot - q - 8) % 8:
-                            return Reason.FRAG_BAD_OFFSET, 6, 0, z, z, z, z, 0, 0, 0, 0, 0
-                    if frag_off + tot - q - 8 > 65535:
+                    if not quoted and ((fo & 1 and (tot - q - 8) % 8) or frag_off + tot - q - 8 > 65535):
                         return Reason.FRAG_BAD_OFFSET, 6, 0, z, z, z, z, 0, 0, 0, 0, 0
             elif nh == _EXT_AH:
                 hlen = (np.int64(u8(buf, p + q + 1)) + 2) * 4
@@ -221,6 +225,12 @@ def _parse(buf, n, only_reassembled, verdict, reason, counts, ip, ip_len, ipver,
         payload[i] = 0
         payload_len[i] = 0
         rel_proto[i] = 0
+        rel_src_hi[i] = 0
+        rel_src_lo[i] = 0
+        rel_dst_hi[i] = 0
+        rel_dst_lo[i] = 0
+        rel_sport[i] = 0
+        rel_dport[i] = 0
         if r == Reason.OK and foff == 0:
             t = p + hl
             left = tot - hl

@@ -1,8 +1,8 @@
 """The pipeline: the stages every batch goes through, and `replay` around it.
 
 Stages run once per batch, never per packet: decap -> parse -> fragment reassembly
-(and parse of what it completed) -> decide -> return path; replay adds the capture
-reader in front and the pcap writers behind.  Until the policy layer lands, the
+(and parse of what it completed) -> flows -> decide -> return path; replay adds the
+capture reader in front and the pcap writers behind.  Until the policy layer lands, the
 decision is allow-all.  Every stage's time is accumulated per batch (VPP's `show
 runtime`), so the stats say where the time goes.
 """
@@ -17,6 +17,7 @@ from typing import TypeVar
 import numpy as np
 
 from egressd.engine.batch import PacketBatch
+from egressd.engine.flows import END_NAMES, STATE_NAMES, FlowConfig, FlowTable
 from egressd.engine.frag import FragConfig, FragTable
 from egressd.engine.parse import parse, reparse
 from egressd.engine.pcapio import DEFAULT_BATCH_PACKETS, CaptureReader, PcapWriter
@@ -33,16 +34,53 @@ def _allow_all(b: PacketBatch) -> None:
     v[v == Verdict.PENDING] = Verdict.PASS
 
 
+_PROTO_NAMES = {1: "icmp", 6: "tcp", 17: "udp", 58: "ipv6-icmp"}
+
+
+class FlowSummary:
+    """Totals over ended flows (the stats JSON's `flows`), fed flow records."""
+
+    def __init__(self) -> None:
+        self.by_protocol: dict[str, int] = {}
+        self.ended: dict[str, int] = {}
+        self.tcp_final_state: dict[str, int] = {}
+        self.packets = {"toserver": 0, "toclient": 0}
+        self.bytes = {"toserver": 0, "toclient": 0}
+
+    def add(self, recs: np.ndarray) -> None:
+        if not len(recs):
+            return
+        for table, values, name in ((self.by_protocol, recs["proto"], lambda v: _PROTO_NAMES.get(v, str(v))),
+                                    (self.ended, recs["reason"], lambda v: END_NAMES[v]),
+                                    (self.tcp_final_state, recs["state"][recs["proto"] == 6],
+                                     lambda v: STATE_NAMES[v])):
+            for v, c in zip(*np.unique(values, return_counts=True)):
+                key = name(int(v))
+                table[key] = table.get(key, 0) + int(c)
+        for d in ("toserver", "toclient"):
+            self.packets[d] += int(recs[f"pkts_{d}"].sum())
+            self.bytes[d] += int(recs[f"bytes_{d}"].sum())
+
+    def to_dict(self, counters: dict[str, int]) -> dict:
+        return {**counters, "by_protocol": self.by_protocol, "ended": self.ended,
+                "tcp_final_state": self.tcp_final_state, "packets": self.packets,
+                "bytes": self.bytes}
+
+
 class Pipeline:
-    """Stage state (fragment table), drop counters and per-stage time.
+    """Stage state (fragment and flow tables), drop counters and per-stage time.
 
     `process(b, base)` runs every stage over batch `b`, whose buffer holds the
-    fragment slabs from offset `base` on (`extra_bytes` of them).
+    fragment slabs from offset `base` on (`extra_bytes` of them); `finish()` ends the
+    flows still open.
     """
 
-    def __init__(self, require_gwlb: bool = True, frag: FragConfig | None = None) -> None:
+    def __init__(self, require_gwlb: bool = True, frag: FragConfig | None = None,
+                 flows: FlowConfig | None = None) -> None:
         self.require_gwlb = require_gwlb
         self.frags = FragTable(frag)
+        self.flows = FlowTable(flows)
+        self.flow_summary = FlowSummary()
         self.counts = np.zeros(N_REASONS, np.uint64)
         self.stage_ns: dict[str, int] = {}
 
@@ -62,8 +100,15 @@ class Pipeline:
         self.timed("decap", lambda: decap(b, c, self.require_gwlb))
         self.timed("parse", lambda: parse(b, c))
         self.timed("reassemble", lambda: (self.frags.reassemble(b, base, c), reparse(b, c)))
+        self.timed("flows", lambda: (self.flows.track(b),
+                                     self.flow_summary.add(self.flows.drain_records())))
         self.timed("decide", lambda: _allow_all(b))
         self.timed("return", lambda: return_inplace(b))
+
+    def finish(self) -> None:
+        """End every flow still open (the end of a capture, or a shutdown)."""
+        for recs in self.flows.flush():
+            self.flow_summary.add(recs)
 
 
 @dataclass
@@ -84,6 +129,7 @@ class ReplayStats:
     elapsed_s: float = 0.0
     capture: dict = field(default_factory=dict)
     fragments: dict = field(default_factory=dict)
+    flows: dict = field(default_factory=dict)
     stage_ns: dict = field(default_factory=dict)
 
     @property
@@ -108,6 +154,7 @@ class ReplayStats:
             "drops": drops,
             "drops_by_stage": by_stage,
             "fragments": self.fragments,
+            "flows": self.flows,
             "outputs": {"forwarded": self.forwarded_path, "dropped": self.dropped_path,
                         "dropped_not_written": self.dropped_unwritable},
             "batches": self.batches,
@@ -120,7 +167,8 @@ class ReplayStats:
 
 def replay(inp: str | Path, out: str | Path, dropped: str | Path | None = None,
            require_gwlb: bool = True, batch_packets: int = DEFAULT_BATCH_PACKETS,
-           frag: FragConfig | None = None, progress: ProgressFn | None = None) -> ReplayStats:
+           frag: FragConfig | None = None, flows: FlowConfig | None = None,
+           progress: ProgressFn | None = None) -> ReplayStats:
     """Replay capture `inp`; write returned packets to `out` (and drops to `dropped`).
 
     `progress(bytes_read)` is called after every batch.  Raises CaptureError for a
@@ -129,7 +177,7 @@ def replay(inp: str | Path, out: str | Path, dropped: str | Path | None = None,
     """
     stats = ReplayStats(str(inp), str(out), str(dropped) if dropped else None)
     start = time.perf_counter()
-    pipe = Pipeline(require_gwlb, frag)
+    pipe = Pipeline(require_gwlb, frag, flows)
     with CaptureReader(inp, batch_packets=batch_packets, extra_bytes=pipe.extra_bytes) as reader:
         writers = [PcapWriter(out)]
         if dropped:
@@ -155,6 +203,7 @@ def replay(inp: str | Path, out: str | Path, dropped: str | Path | None = None,
             for w in writers:
                 w.abort()
             raise
+        pipe.finish()
         for w in writers:
             w.commit()
         stats.capture = {"format": reader.format, "linktypes": reader.linktypes,
@@ -162,6 +211,7 @@ def replay(inp: str | Path, out: str | Path, dropped: str | Path | None = None,
     stats.reason_counts = pipe.counts
     stats.stage_ns = pipe.stage_ns
     stats.fragments = pipe.frags.counters()
+    stats.flows = pipe.flow_summary.to_dict(pipe.flows.counters())
     stats.packets_forwarded = writers[0].packets
     stats.bytes_forwarded = writers[0].bytes
     if dropped:

@@ -56,6 +56,8 @@ TABLE: tuple[tuple[str, str, str], ...] = (
     ("frag_too_many", "fragment", "datagram sent in more fragments than the limit"),
     ("frag_inconsistent", "fragment", "fragments disagree on the datagram's end"),
     ("frag_header_too_long", "fragment", "IPv6 unfragmentable part longer than egressd keeps"),
+    ("frag_table_full", "fragment", "no room to reassemble another datagram (fail closed)"),
+    ("ipv6_two_fragment_headers", "inner", "IPv6 packet with more than one fragment header"),
 )
 
 Reason = IntEnum("Reason", [(name.upper(), code) for code, (name, _, _) in enumerate(TABLE)])
