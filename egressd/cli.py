@@ -44,6 +44,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="accept GENEVE packets without GWLB's endpoint/attachment/cookie options")
     r.add_argument("--flow-capacity", type=int, default=1 << 20, metavar="N",
                    help="flow table slots, a power of two (default 1048576, about 138 MB)")
+    r.add_argument("--fragments", choices=("reassemble", "pass", "drop"), default="reassemble",
+                   help="inner IP fragments: reassemble for inspection (default), pass "
+                        "uninspected, or drop (AWS Network Firewall's stateless default "
+                        "action for fragmented packets: forward to stateful, pass, drop)")
     return p
 
 
@@ -57,6 +61,7 @@ def _check_output(path: str, flag: str, inp: Path) -> None:
 
 def _replay(args: argparse.Namespace) -> int:
     from egressd.engine.flows import FlowConfig
+    from egressd.engine.frag import FragConfig, FragMode
     from egressd.engine.pcapio import CaptureError
     from egressd.engine.pipeline import replay
 
@@ -78,7 +83,8 @@ def _replay(args: argparse.Namespace) -> int:
 
     def run(progress=None):
         return replay(inp, args.out, args.dropped, require_gwlb=not args.accept_non_gwlb,
-                      flows=flows, progress=progress)
+                      frag=FragConfig(mode=FragMode[args.fragments.upper()]), flows=flows,
+                      progress=progress)
 
     try:
         stats = _with_progress(inp, run) if show else run()

@@ -148,3 +148,39 @@ def test_usage_errors(args: list[str], mentions: str) -> None:
     assert res.returncode == 2
     assert "usage: egressd" in res.stderr and mentions in res.stderr
     assert "Traceback" not in res.stderr
+
+
+def test_fragments_flag_sets_the_fragment_default_action(tmp_path):
+    from scapy.layers.inet import IP, UDP, fragment
+
+    from gwlb import wrap, write_pcap
+
+    datagram = IP(src="10.1.0.1", dst="198.51.100.7", id=9) / UDP(sport=5000, dport=53) / (b"x" * 3000)
+    frags = fragment(datagram, 1000)
+    capture = write_pcap(tmp_path / "frags.pcap", [wrap(bytes(f)) for f in frags])
+    seen = {}
+    for mode in ("reassemble", "pass", "drop"):
+        res = egressd("replay", capture, "--out", tmp_path / "o.pcap", "--stats", tmp_path / "s.json",
+                      "--fragments", mode)
+        assert res.returncode == 0, res.stderr
+        seen[mode] = json.loads((tmp_path / "s.json").read_text())
+    assert seen["reassemble"]["fragments"]["reassembled"] == 1
+    assert seen["reassemble"]["packets_forwarded"] == len(frags) > 1
+    assert seen["pass"]["fragments"]["reassembled"] == 0
+    assert seen["pass"]["packets_forwarded"] == len(frags)
+    assert seen["drop"]["drops"] == {"frag_policy_drop": len(frags)}
+    assert seen["drop"]["packets_forwarded"] == 0
+    bad = egressd("replay", capture, "--out", tmp_path / "o.pcap", "--fragments", "maybe")
+    assert bad.returncode == 2
+
+
+def test_flow_capacity_must_be_a_power_of_two(tmp_path):
+    res = egressd("replay", SAMPLE, "--out", tmp_path / "o.pcap", "--flow-capacity", "1000")
+    assert res.returncode == 2
+    assert res.stderr.strip().splitlines() == [
+        "egressd: error: --flow-capacity: flow table capacity must be a power of two between "
+        "32 and 1073741824, not 1000"]
+    ok = egressd("replay", SAMPLE, "--out", tmp_path / "o.pcap", "--flow-capacity", "1024",
+                 "--stats", tmp_path / "s.json")
+    assert ok.returncode == 0
+    assert json.loads((tmp_path / "s.json").read_text())["flows"]["created"] == 11
