@@ -51,8 +51,8 @@ class FragMode(IntEnum):
 # context states
 _FREE, _OPEN, _DONE, _POISONED = 0, 1, 2, 3
 # counter slots
-C_REASSEMBLED, C_OVERLAPS, C_TIMED_OUT, C_DUPLICATES, C_POISONED = range(5)
-COUNTER_NAMES = ("reassembled", "overlaps", "timed_out", "late_duplicates", "poisoned")
+C_REASSEMBLED, C_OVERLAPS, C_TIMED_OUT, C_POISONED = range(4)
+COUNTER_NAMES = ("reassembled", "overlaps", "timed_out", "poisoned")
 
 
 @dataclass(frozen=True)
@@ -134,14 +134,17 @@ def _reassemble(buf, base, n, mode, max_frags, timeout_ns, verdict, reason, coun
                 if free < 0:
                     free = j
                 continue
+            # A completed datagram's slab stays in use until the batch ends, but its key
+            # is free: receivers start over once they reassemble, so a fragment reusing
+            # the identification begins a new datagram (and a late duplicate, one that
+            # never completes).
+            if c_state[j] == _DONE:
+                continue
             if (c_ident[j] == frag_id[i] and c_key[j, 0] == eni[i] and c_key[j, 1] == attach[i]
                     and c_key[j, 2] == src_hi[i] and c_key[j, 3] == src_lo[i]
                     and c_key[j, 4] == dst_hi[i] and c_key[j, 5] == dst_lo[i] and c_key[j, 6] == kind):
                 k = j
                 break
-        if k >= 0 and c_state[k] == _DONE:
-            fcounts[C_DUPLICATES] += 1
-            continue
         if k >= 0 and c_state[k] == _POISONED:
             verdict[i] = Verdict.DROP
             reason[i] = c_poison[k]
