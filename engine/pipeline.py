@@ -1,8 +1,8 @@
 """The pipeline: the stages every batch goes through, and `replay` around it.
 
 Stages run once per batch, never per packet: decap -> parse -> fragment reassembly
-(and parse of what it completed) -> flows -> decide -> return path; replay adds the
-capture reader in front and the pcap writers behind.  Until the policy layer lands, the
+(and parse of what it completed) -> flows -> names (l7) -> decide -> return path;
+replay adds the capture reader in front and the pcap writers behind.  Until the policy layer lands, the
 decision is allow-all.  Every stage's time is accumulated per batch (VPP's `show
 runtime`), so the stats say where the time goes.
 """
@@ -19,6 +19,7 @@ import numpy as np
 from egressd.engine.batch import PacketBatch
 from egressd.engine.flows import END_NAMES, STATE_NAMES, FlowConfig, FlowTable
 from egressd.engine.frag import FragConfig, FragTable
+from egressd.engine.l7 import L7Config, L7Table
 from egressd.engine.parse import parse, reparse
 from egressd.engine.pcapio import DEFAULT_BATCH_PACKETS, CaptureReader, PcapWriter
 from egressd.engine.reasons import N_REASONS, NAMES, STAGES, Verdict
@@ -76,10 +77,11 @@ class Pipeline:
     """
 
     def __init__(self, require_gwlb: bool = True, frag: FragConfig | None = None,
-                 flows: FlowConfig | None = None) -> None:
+                 flows: FlowConfig | None = None, l7: L7Config | None = None) -> None:
         self.require_gwlb = require_gwlb
         self.frags = FragTable(frag)
         self.flows = FlowTable(flows)
+        self.l7 = L7Table(self.flows.config.capacity, l7)
         self.flow_summary = FlowSummary()
         self.counts = np.zeros(N_REASONS, np.uint64)
         self.stage_ns: dict[str, int] = {}
@@ -102,6 +104,7 @@ class Pipeline:
         self.timed("reassemble", lambda: (self.frags.reassemble(b, base, c), reparse(b, c)))
         self.timed("flows", lambda: (self.flows.track(b),
                                      self.flow_summary.add(self.flows.drain_records())))
+        self.timed("names", lambda: self.l7.extract(b, self.flows.slots["flow_id"]))
         self.timed("decide", lambda: _allow_all(b))
         self.timed("return", lambda: return_inplace(b))
 
@@ -130,6 +133,7 @@ class ReplayStats:
     capture: dict = field(default_factory=dict)
     fragments: dict = field(default_factory=dict)
     flows: dict = field(default_factory=dict)
+    names: dict = field(default_factory=dict)
     stage_ns: dict = field(default_factory=dict)
 
     @property
@@ -155,6 +159,7 @@ class ReplayStats:
             "drops_by_stage": by_stage,
             "fragments": self.fragments,
             "flows": self.flows,
+            "names": self.names,
             "outputs": {"forwarded": self.forwarded_path, "dropped": self.dropped_path,
                         "dropped_not_written": self.dropped_unwritable},
             "batches": self.batches,
@@ -212,6 +217,7 @@ def replay(inp: str | Path, out: str | Path, dropped: str | Path | None = None,
     stats.stage_ns = pipe.stage_ns
     stats.fragments = pipe.frags.counters()
     stats.flows = pipe.flow_summary.to_dict(pipe.flows.counters())
+    stats.names = pipe.l7.counters()
     stats.packets_forwarded = writers[0].packets
     stats.bytes_forwarded = writers[0].bytes
     if dropped:

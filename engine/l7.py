@@ -1,0 +1,607 @@
+"""Stage 4: the name each flow asks for (TLS SNI, HTTP Host, DNS query, QUIC SNI).
+
+Per flow slot (validated by flow_id, since slots are reused) the stage keeps where
+the client's byte stream starts and how far the search got.  A TCP client's first
+bytes are parsed straight from the packet when they hold a whole ClientHello or
+request (the common case, no copy); otherwise they are reassembled by sequence
+number into a buffer from a fixed pool: bounded (MAX_STREAM bytes, MAX_SEGMENTS
+segments, MAX_HOLES disjoint pieces), out-of-order and retransmitted segments
+handled, overlapping bytes first-wins (the rewrite is ignored and counted, an
+evasion signal).  DNS is parsed per packet (every query has its own name).  QUIC
+Initials are decrypted in Python (engine.quic), for the few rows the kernel lists:
+client datagrams to UDP 443 of flows still without a name.
+
+Names are normalized (ASCII lower case, one trailing dot removed; IDNA stays as the
+bytes on the wire) and stored once in the names arena, a bounded ring: a name id
+stays readable until the ring wraps over it.  The row that completes a name gets its
+id in `name_id` (-1 elsewhere); the flow keeps it for the logs.  DNS answers (A and
+AAAA of the query name and its CNAMEs) are listed per batch for the policy stage.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from numba import njit
+
+from egressd.engine import dns, http, tls
+from egressd.engine.batch import PacketBatch
+from egressd.engine.parse import PROTO_TCP, PROTO_UDP
+from egressd.engine import quic
+from egressd.engine.quic import QuicInitials
+from egressd.engine.reasons import Verdict
+from egressd.engine.wire import copy, u8, u16
+
+APP_NONE, APP_TLS, APP_HTTP, APP_DNS, APP_QUIC = range(5)
+APP_NAMES = ("", "tls", "http", "dns", "quic")
+
+# per-flow search state, and which message the search expects
+_NEW, _COLLECT, _DONE = 0, 1, 2
+_FIRST, _TUNNEL, _SECOND_HELLO = 0, 1, 2
+
+# l7_flags (rows and flows)
+L7_OVERLAP = 0x01        # a segment rewrote bytes already received (first-wins)
+L7_GAVE_UP = 0x02        # limits reached before the name was complete
+L7_MALFORMED = 0x04      # the parser refused the client's bytes
+L7_MULTI_RECORD = 0x08   # ClientHello spread over several TLS records
+L7_SNI_MULTIPLE = 0x10
+L7_ECH = 0x20            # Encrypted Client Hello offered
+L7_MIDSTREAM = 0x40      # the stream's start was not seen (no SYN)
+L7_SNI_CHANGED = 0x80    # a second ClientHello named another server than the first
+
+MAX_STREAM = tls.MAX_CLIENT_HELLO + 5 * 1024  # a ClientHello in up to 1024 records
+MAX_SEGMENTS = 32
+MAX_HOLES = 8
+DNS_PORT = 53
+QUIC_PORT = 443
+
+# counters
+(C_TLS, C_HTTP, C_DNS, C_QUIC, C_NO_NAME, C_MALFORMED, C_GAVE_UP, C_POOL_EMPTY, C_OVERLAPS,
+ C_REASSEMBLED, C_ANSWERS_DROPPED) = range(11)
+COUNTER_NAMES = ("tls_names", "http_names", "dns_names", "quic_names", "no_name", "malformed",
+                 "gave_up", "pool_exhausted", "overlaps", "reassembled", "dns_answers_dropped")
+
+
+@dataclass(frozen=True)
+class L7Config:
+    buffers: int = 1024               # streams reassembled at once (MAX_STREAM bytes each)
+    arena_bytes: int = 16 << 20       # names kept for the logs
+    arena_names: int = 1 << 20
+    quic_flows: int = 4096            # QUIC flows decrypting their Initials at once
+
+    def __post_init__(self) -> None:
+        for name in ("buffers", "arena_bytes", "arena_names", "quic_flows"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be positive")
+        if self.arena_bytes < 4 * tls.SNI_MAX:
+            raise ValueError("arena_bytes too small to hold names")
+
+
+# --- names arena --------------------------------------------------------------------------
+
+@njit(cache=True, nogil=True)
+def _arena_add(arena, ent_off, ent_len, st, src, so, length):
+    """Store src[so:so+length] normalized; return its id.  st = [next id, absolute
+    write position]: positions count up forever and the ring byte is position % size,
+    so a name is intact while the writer is less than one lap past its start."""
+    if length > 0 and src[np.uintp(so + length - 1)] == 0x2E:  # one trailing dot
+        length -= 1
+    size = arena.shape[0]
+    w = st[1]
+    if w % size + length > size:  # a name never wraps: start the next lap
+        w += size - w % size
+    r = w % size
+    for k in range(length):
+        c = src[np.uintp(so + k)]
+        if 0x41 <= c <= 0x5A:
+            c += 0x20
+        arena[np.uintp(r + k)] = c
+    nid = st[0]
+    cap = ent_off.shape[0]
+    ent_off[nid % cap] = w
+    ent_len[nid % cap] = length
+    st[0] = nid + 1
+    st[1] = w + length
+    return nid
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _arena_valid(arena, ent_off, st, nid):
+    """The name nid is still in the arena: its entry not reused, its bytes not written over."""
+    return st[0] - ent_off.shape[0] <= nid < st[0] and ent_off[nid % ent_off.shape[0]] >= st[1] - arena.shape[0]
+
+
+class NamesArena:
+    """Normalized names by id, in a bounded ring."""
+
+    def __init__(self, nbytes: int, names: int) -> None:
+        self.bytes = np.zeros(nbytes, np.uint8)
+        self.off = np.zeros(names, np.int64)   # absolute position of each name
+        self.len = np.zeros(names, np.int64)
+        self.state = np.zeros(2, np.int64)     # next id, absolute write position
+
+    def get(self, name_id: int) -> bytes | None:
+        """The name, or None if the id is unknown or the ring has gone over it."""
+        if not _arena_valid(self.bytes, self.off, self.state, name_id):
+            return None
+        k = name_id % len(self.off)
+        start = int(self.off[k]) % len(self.bytes)
+        return self.bytes[start:start + int(self.len[k])].tobytes()
+
+    def add(self, name: bytes) -> int:
+        src = np.frombuffer(name, np.uint8)
+        return int(_arena_add(self.bytes, self.off, self.len, self.state, src, 0, len(src)))
+
+
+# --- the kernel ---------------------------------------------------------------------------
+
+@njit(cache=True, nogil=True)
+def _insert(pool, b, iv_s, iv_e, src, sp, off, length):
+    """Put segment bytes src[sp:sp+length] at stream offset `off` of buffer b where no
+    byte is yet (first wins).  Returns (overlapped, ok); not ok when the buffer would
+    need more than MAX_HOLES pieces."""
+    end = min(off + length, MAX_STREAM)
+    if off >= end:
+        return False, True
+    overlapped = False
+    # copy the parts of [off, end) not covered by a piece
+    cur = off
+    while cur < end:
+        nxt = end
+        covered_to = -1
+        for k in range(MAX_HOLES):
+            if iv_e[b, k] <= iv_s[b, k]:
+                continue
+            if iv_s[b, k] <= cur < iv_e[b, k]:
+                covered_to = iv_e[b, k]
+            elif cur < iv_s[b, k] < nxt:
+                nxt = iv_s[b, k]
+        if covered_to >= 0:
+            stop = min(covered_to, end)
+            row = pool[b]
+            for x in range(cur, stop):  # a retransmission repeats the bytes: no overlap
+                if row[x] != src[sp + (x - off)]:
+                    overlapped = True
+                    break
+            cur = stop
+            continue
+        copy(pool[b], cur, src, sp + (cur - off), nxt - cur)
+        cur = nxt
+    # record [off, end) and merge touching pieces
+    s0, e0 = off, end
+    for _ in range(MAX_HOLES):
+        merged = False
+        for k in range(MAX_HOLES):
+            if iv_e[b, k] > iv_s[b, k] and iv_s[b, k] <= e0 and s0 <= iv_e[b, k]:
+                s0 = min(s0, iv_s[b, k])
+                e0 = max(e0, iv_e[b, k])
+                iv_s[b, k] = 0
+                iv_e[b, k] = 0
+                merged = True
+        if not merged:
+            break
+    for k in range(MAX_HOLES):
+        if iv_e[b, k] <= iv_s[b, k]:
+            iv_s[b, k] = s0
+            iv_e[b, k] = e0
+            return overlapped, True
+    return overlapped, False
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _prefix(iv_s, iv_e, b):
+    for k in range(MAX_HOLES):
+        if iv_s[b, k] == 0 and iv_e[b, k] > 0:
+            return iv_e[b, k]
+    return 0
+
+
+@njit(cache=True, nogil=True)
+def _parse_stream(buf, p, n, app, scratch, name, alpn, a_hi, a_lo, a_ttl):
+    """Run the parser for `app` (or guess it) over a client stream.
+
+    Returns (app, status, used, name_len, flags, connect); status is the parser's, in
+    the common numbering OK / NEED_MORE / not this protocol / MALFORMED; on OK, `used`
+    is how many stream bytes the message took; connect: an HTTP CONNECT request.
+    """
+    if app == APP_NONE or app == APP_TLS:
+        st, used, nl, _al, _ver, fl = tls.client_hello(buf, p, n, True, scratch, name, 0, alpn, 0)
+        if st != tls.NOT_TLS or app == APP_TLS:
+            f = 0
+            if fl & tls.F_MULTI_RECORD:
+                f |= L7_MULTI_RECORD
+            if fl & tls.F_SNI_MULTIPLE:
+                f |= L7_SNI_MULTIPLE
+            if fl & tls.F_ECH:
+                f |= L7_ECH
+            return APP_TLS, st, used, nl, f, False
+    if app == APP_NONE or app == APP_HTTP:
+        st, used, nl, method, _fl = http.request(buf, p, n, name, 0)
+        if st != http.NOT_HTTP or app == APP_HTTP:
+            return APP_HTTP, st, used, nl, 0, st == http.OK and method == http.M_CONNECT
+    if app == APP_DNS:
+        st, nl, _qt, _rc, _na, _fl, _tx = dns.tcp_message(buf, p, n, name, 0, a_hi, a_lo, a_ttl, 0)
+        return APP_DNS, st, 0, nl, 0, False
+    return APP_NONE, 2, 0, 0, 0, False
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _ccs(buf, p, n):
+    """Bytes of ChangeCipherSpec records at buf[p:p+n] (TLS 1.3 middlebox
+    compatibility sends one before the second ClientHello); -1: cannot tell yet."""
+    k = 0
+    for _ in range(2):
+        if n - k < 1 or u8(buf, p + k) != 20:
+            return k
+        if n - k < 6:
+            return -1
+        k += 5 + np.int64(u16(buf, p + k + 3))
+    return k
+
+
+@njit(cache=True, nogil=True)
+def _advance(src, p, avail, i, s, app_hint, scratch, name, alpn, a_hi, a_lo, a_ttl, arena, ent_off,
+             ent_len, ast, app_col, name_col, flags_col, f_state, f_stage, f_app, f_name, f_base,
+             f_flags, counters):
+    """Search the client stream bytes src[p:p+avail] (from the flow's base) for names.
+
+    A stream can hold up to three: an HTTP CONNECT request, the ClientHello tunnelled
+    after it, and a second ClientHello (after a HelloRetryRequest; a name different
+    from the first is flagged).  The client's next flight need not be a ClientHello
+    (a TLS 1.2 resumption sends an encrypted Finished in a handshake record), so what
+    follows the first ClientHello ends the search quietly unless it parses as one.  Returns (bytes used, done); not done means the rest,
+    from the new base, is still incomplete.
+    """
+    used = 0
+    for _ in range(3):
+        q = p + used
+        left = avail - used
+        stage = f_stage[s]
+        want = app_hint if stage == _FIRST else APP_TLS
+        if stage == _SECOND_HELLO:
+            k = _ccs(src, q, left)
+            if k < 0:
+                return used, False
+            q += k
+            left -= k
+        app, st, msg, nl, pf, connect = _parse_stream(src, q, left, want, scratch, name, alpn, a_hi,
+                                                      a_lo, a_ttl)
+        if st == 1:  # NEED_MORE
+            f_app[s] = app
+            return used, False
+        app_col[i] = app
+        f_flags[s] |= pf
+        if st == 0 and nl > 0:
+            nid = _arena_add(arena, ent_off, ent_len, ast, name, 0, nl)
+            if stage == _SECOND_HELLO and f_name[s] >= 0 and not _same_name(arena, ent_off, ent_len, f_name[s], nid):
+                f_flags[s] |= L7_SNI_CHANGED
+            f_name[s] = nid
+            name_col[i] = nid
+            counters[C_TLS if app == APP_TLS else (C_HTTP if app == APP_HTTP else C_DNS)] += 1
+        elif st == 3 and stage != _SECOND_HELLO:
+            f_flags[s] |= L7_MALFORMED
+            counters[C_MALFORMED] += 1
+        elif stage == _FIRST:  # not a protocol with a name, or a message without one
+            counters[C_NO_NAME] += 1
+        flags_col[i] = f_flags[s]
+        f_app[s] = app
+        if st == 0 and ((app == APP_HTTP and connect) or (app == APP_TLS and stage != _SECOND_HELLO)):
+            k = (q - p - used) + msg  # CCS skipped + the message
+            used += k
+            f_base[s] += k
+            f_stage[s] = _TUNNEL if app == APP_HTTP else _SECOND_HELLO
+            continue
+        f_state[s] = _DONE
+        return used, True
+    f_state[s] = _DONE
+    return used, True
+
+
+@njit(cache=True, nogil=True)
+def _same_name(arena, ent_off, ent_len, a, b):
+    """Names a and b (both just stored, so both intact) are equal."""
+    cap = ent_off.shape[0]
+    size = arena.shape[0]
+    la = ent_len[a % cap]
+    if la != ent_len[b % cap]:
+        return False
+    oa = ent_off[a % cap] % size
+    ob = ent_off[b % cap] % size
+    for k in range(la):
+        if arena[oa + k] != arena[ob + k]:
+            return False
+    return True
+
+
+@njit(cache=True, nogil=True)
+def _shift(pool, bi, iv_s, iv_e, k):
+    """Drop the first k stream bytes of buffer bi (the search moved past them)."""
+    row = pool[bi]
+    for j in range(MAX_HOLES):
+        a, e = iv_s[bi, j], iv_e[bi, j]
+        if e <= a:
+            continue
+        if e <= k:
+            iv_s[bi, j] = 0
+            iv_e[bi, j] = 0
+            continue
+        a = max(a, k)
+        for x in range(a, e):  # dst < src: a forward copy is safe
+            row[x - k] = row[x]
+        iv_s[bi, j] = a - k
+        iv_e[bi, j] = e - k
+
+
+@njit(cache=True, nogil=True)
+def _l7(buf, n, verdict, flow, flow_id, dirs, proto, sport, dport, tcp_flags, tcp_seq, payload,
+        payload_len, ts_ns, app_col, name_col, flags_col, rows_fid, f_fid, f_state, f_stage, f_app,
+        f_name, f_base, f_isn, f_known, f_buf, f_segs, f_flags, pool, iv_s, iv_e, b_slot, b_fid, b_ts, free, nfree,
+        scratch, name, alpn, arena, ent_off, ent_len, ast, ans_row, ans_name, ans_hi, ans_lo,
+        ans_ttl, a_hi, a_lo, a_ttl, quic_rows, counters):
+    """Returns (DNS answers listed, QUIC rows listed, free buffers left)."""
+    nans = 0
+    nq = 0
+    for i in range(n):
+        app_col[i] = APP_NONE
+        name_col[i] = -1
+        flags_col[i] = 0
+        s = flow[i]
+        if verdict[i] == Verdict.DROP or s < 0:
+            continue
+        if f_fid[s] != flow_id[i]:  # a new flow in this slot
+            if f_buf[s] >= 0 and b_slot[f_buf[s]] == s:
+                free[nfree] = f_buf[s]
+                nfree += 1
+            f_fid[s] = flow_id[i]
+            f_state[s] = _NEW
+            f_stage[s] = _FIRST
+            f_base[s] = 0
+            f_app[s] = APP_NONE
+            f_name[s] = -1
+            f_known[s] = 0
+            f_buf[s] = -1
+            f_segs[s] = 0
+            f_flags[s] = 0
+        pr = proto[i]
+        if pr == PROTO_UDP:
+            if sport[i] == DNS_PORT or dport[i] == DNS_PORT:
+                st, nl, _qt, _rc, na, _fl, _tx = dns.message(buf, payload[i], np.int64(payload_len[i]),
+                                                             name, 0, a_hi, a_lo, a_ttl, 0)
+                app_col[i] = APP_DNS
+                if f_app[s] == APP_NONE:
+                    f_app[s] = APP_DNS
+                if st != dns.OK:
+                    flags_col[i] = L7_MALFORMED
+                    counters[C_MALFORMED] += 1
+                    continue
+                nid = _arena_add(arena, ent_off, ent_len, ast, name, 0, nl)
+                name_col[i] = nid
+                counters[C_DNS] += 1
+                if f_name[s] < 0:
+                    f_name[s] = nid
+                for k in range(na):
+                    if nans == ans_row.shape[0]:
+                        counters[C_ANSWERS_DROPPED] += na - k
+                        break
+                    ans_row[nans] = i
+                    ans_name[nans] = nid
+                    ans_hi[nans] = a_hi[k]
+                    ans_lo[nans] = a_lo[k]
+                    ans_ttl[nans] = a_ttl[k]
+                    nans += 1
+            elif dport[i] == QUIC_PORT and dirs[i] == 0 and f_state[s] != _DONE and payload_len[i] > 0:
+                quic_rows[nq] = i
+                nq += 1
+            continue
+        if pr != PROTO_TCP or dirs[i] != 0 or f_state[s] == _DONE:
+            continue
+        fl = tcp_flags[i]
+        if fl & 0x02:  # SYN: the stream starts after its sequence number
+            f_isn[s] = tcp_seq[i] + np.uint32(1)
+            f_known[s] = 1
+            continue
+        plen = np.int64(payload_len[i])
+        if plen == 0:
+            continue
+        if not f_known[s]:
+            f_isn[s] = tcp_seq[i]
+            f_known[s] = 1
+            f_flags[s] |= L7_MIDSTREAM
+        rel = np.int64(np.uint32(tcp_seq[i] - f_isn[s])) - f_base[s]
+        if rel < 0 or rel >= MAX_STREAM:  # before the search point, or far ahead
+            continue
+        hint = APP_DNS if dport[i] == DNS_PORT else f_app[s]
+        f_segs[s] += 1
+        bi = f_buf[s]
+        src_p = payload[i]
+        if bi < 0 and rel == 0:
+            # the common case: the whole message in this packet, parsed in place
+            used, done = _advance(buf, src_p, plen, i, s, hint, scratch, name, alpn, a_hi, a_lo,
+                                  a_ttl, arena, ent_off, ent_len, ast, app_col, name_col,
+                                  flags_col, f_state, f_stage, f_app, f_name, f_base, f_flags,
+                                  counters)
+            if done:
+                continue
+            src_p += used  # keep the rest, from the new search point
+            plen -= used
+            if plen == 0:  # nothing left to keep: the next message starts a packet
+                continue
+        if bi < 0:
+            if nfree == 0:
+                nfree = _reclaim(rows_fid, b_slot, b_fid, b_ts, f_buf, f_state, f_flags, free,
+                                 ts_ns[i])
+            if nfree == 0:
+                f_state[s] = _DONE
+                f_flags[s] |= L7_GAVE_UP
+                flags_col[i] = f_flags[s]
+                counters[C_POOL_EMPTY] += 1
+                counters[C_GAVE_UP] += 1
+                continue
+            nfree -= 1
+            bi = free[nfree]
+            f_buf[s] = bi
+            b_slot[bi] = s
+            b_fid[bi] = flow_id[i]
+            for k in range(MAX_HOLES):
+                iv_s[bi, k] = 0
+                iv_e[bi, k] = 0
+        b_ts[bi] = ts_ns[i]
+        overlapped, ok = _insert(pool, bi, iv_s, iv_e, buf, src_p, rel, plen)
+        if overlapped:
+            f_flags[s] |= L7_OVERLAP
+            counters[C_OVERLAPS] += 1
+        have = _prefix(iv_s, iv_e, bi)
+        done = False
+        if ok and have > 0:
+            used, done = _advance(pool[bi], 0, have, i, s, hint, scratch, name, alpn, a_hi, a_lo,
+                                  a_ttl, arena, ent_off, ent_len, ast, app_col, name_col,
+                                  flags_col, f_state, f_stage, f_app, f_name, f_base, f_flags,
+                                  counters)
+            if name_col[i] >= 0:
+                counters[C_REASSEMBLED] += 1
+            if not done and used:
+                _shift(pool, bi, iv_s, iv_e, used)
+                have -= used
+        if not done and (not ok or f_segs[s] >= MAX_SEGMENTS or have >= MAX_STREAM):
+            f_state[s] = _DONE
+            if f_stage[s] == _FIRST:  # limits reached with the name still incomplete
+                f_flags[s] |= L7_GAVE_UP
+                flags_col[i] = f_flags[s]
+                counters[C_GAVE_UP] += 1
+            done = True
+        if done:
+            free[nfree] = bi
+            nfree += 1
+            f_buf[s] = -1
+    return nans, nq, nfree
+
+
+STALL_NS = 30_000_000_000  # a handshake that sent nothing for 30 s loses its buffer
+
+
+@njit(cache=True, nogil=True)
+def _reclaim(rows_fid, b_slot, b_fid, b_ts, f_buf, f_state, f_flags, free, now):
+    """Free the buffers of flows that ended (their slot holds another flow now) or
+    stalled (the stalled flow gives up); returns how many are free.  Runs only when
+    the pool is empty."""
+    nfree = 0
+    for bi in range(b_slot.shape[0]):
+        s = b_slot[bi]
+        if rows_fid[s] != b_fid[bi] or now - b_ts[bi] > STALL_NS:
+            if f_buf[s] == bi:
+                f_buf[s] = -1
+                f_state[s] = _DONE
+                f_flags[s] |= L7_GAVE_UP
+            free[nfree] = bi
+            nfree += 1
+    return nfree
+
+
+@njit(cache=True, nogil=True)
+def _quic_name(ch, scratch, name, alpn, arena, ent_off, ent_len, ast):
+    """Name id of a QUIC ClientHello (a bare handshake message), or -1."""
+    st, _need, nl, _al, _ver, _fl = tls.client_hello(ch, 0, ch.shape[0], False, scratch, name, 0,
+                                                     alpn, 0)
+    if st != tls.OK or nl == 0:
+        return -1
+    return _arena_add(arena, ent_off, ent_len, ast, name, 0, nl)
+
+
+class L7Table:
+    """Names per flow: state per flow slot (sized like the flow table), the
+    reassembly pool, the names arena, and the QUIC Initial decryptor."""
+
+    def __init__(self, flow_capacity: int, config: L7Config | None = None) -> None:
+        self.config = c = config or L7Config()
+        cap = flow_capacity
+        self.fid = np.zeros(cap, np.uint64)
+        self.state = np.zeros(cap, np.uint8)
+        self.stage = np.zeros(cap, np.uint8)
+        self.app = np.zeros(cap, np.uint8)
+        self.name = np.full(cap, -1, np.int64)
+        self.base = np.zeros(cap, np.int64)
+        self.isn = np.zeros(cap, np.uint32)
+        self.known = np.zeros(cap, np.uint8)
+        self.buf = np.full(cap, -1, np.int32)
+        self.segs = np.zeros(cap, np.uint16)
+        self.flags = np.zeros(cap, np.uint16)
+        self.pool = np.zeros((c.buffers, MAX_STREAM), np.uint8)
+        self.iv_s = np.zeros((c.buffers, MAX_HOLES), np.int64)
+        self.iv_e = np.zeros((c.buffers, MAX_HOLES), np.int64)
+        self.b_slot = np.zeros(c.buffers, np.int64)
+        self.b_fid = np.zeros(c.buffers, np.uint64)
+        self.b_ts = np.zeros(c.buffers, np.int64)
+        self.free = np.arange(c.buffers, dtype=np.int32)
+        self.nfree = c.buffers
+        self.scratch = np.zeros(tls.MAX_CLIENT_HELLO, np.uint8)
+        self.name_buf = np.zeros(max(tls.SNI_MAX, http.HOST_MAX, dns.NAME_MAX) + 1, np.uint8)
+        self.alpn_buf = np.zeros(tls.ALPN_MAX, np.uint8)
+        self.arena = NamesArena(c.arena_bytes, c.arena_names)
+        self.quic = QuicInitials(max_flows=c.quic_flows)
+        self.counters_ = np.zeros(len(COUNTER_NAMES), np.int64)
+        self._a = (np.zeros(dns.MAX_ANSWERS, np.uint64), np.zeros(dns.MAX_ANSWERS, np.uint64),
+                   np.zeros(dns.MAX_ANSWERS, np.uint32))
+        self._grow_answers(0)
+
+    def _grow_answers(self, n: int) -> None:
+        if n and len(self.ans_row) >= n:
+            return
+        self.ans_row = np.zeros(n, np.int64)
+        self.ans_name = np.zeros(n, np.int64)
+        self.ans_hi = np.zeros(n, np.uint64)
+        self.ans_lo = np.zeros(n, np.uint64)
+        self.ans_ttl = np.zeros(n, np.uint32)
+        self.quic_rows = np.zeros(n, np.int64)
+        self.n_answers = 0
+
+    def extract(self, b: PacketBatch, rows_fid: np.ndarray) -> None:
+        """Fill the batch's `app`, `name_id` and `l7_flags`; `rows_fid` is the flow
+        table's flow_id per slot (to tell a finished flow's buffer from a live one)."""
+        n = b.n
+        self._grow_answers(n)
+        a = self.arena
+        self.n_answers, nq, self.nfree = _l7(
+            b.buf, n, b.verdict, b.flow, b.flow_id, b.dir, b.proto, b.sport, b.dport, b.tcp_flags,
+            b.tcp_seq, b.payload, b.payload_len, b.ts_ns, b.app, b.name_id, b.l7_flags, rows_fid,
+            self.fid, self.state, self.stage, self.app, self.name, self.base, self.isn, self.known,
+            self.buf, self.segs,
+            self.flags, self.pool, self.iv_s, self.iv_e, self.b_slot, self.b_fid, self.b_ts,
+            self.free, self.nfree, self.scratch, self.name_buf, self.alpn_buf, a.bytes, a.off,
+            a.len, a.state, self.ans_row, self.ans_name, self.ans_hi, self.ans_lo, self.ans_ttl,
+            *self._a, self.quic_rows, self.counters_)
+        for i in self.quic_rows[:nq]:
+            self._quic(b, int(i))
+
+    def _quic(self, b: PacketBatch, i: int) -> None:
+        # Python, once per client datagram of a QUIC flow still without a name
+        s = int(b.flow[i])
+        if self.state[s] == _DONE:  # an earlier datagram of this batch settled it
+            return
+        start = int(b.payload[i])
+        status, ch = self.quic.feed(int(b.flow_id[i]), b.buf[start:start + int(b.payload_len[i])].tobytes())
+        if status == quic.NEED_MORE:
+            b.app[i] = self.app[s] = APP_QUIC
+            return
+        self.quic.forget(int(b.flow_id[i]))
+        self.state[s] = _DONE
+        if status == quic.NOT_QUIC:  # other UDP 443 traffic (or Google QUIC): no name to read
+            self.counters_[C_NO_NAME] += 1
+            return
+        b.app[i] = self.app[s] = APP_QUIC
+        if status != quic.OK:
+            self.flags[s] |= L7_MALFORMED
+            b.l7_flags[i] |= L7_MALFORMED
+            self.counters_[C_MALFORMED] += 1
+            return
+        a = self.arena
+        nid = int(_quic_name(np.frombuffer(ch, np.uint8), self.scratch, self.name_buf, self.alpn_buf,
+                             a.bytes, a.off, a.len, a.state))
+        if nid < 0:
+            self.counters_[C_NO_NAME] += 1
+            return
+        self.name[s] = nid
+        b.name_id[i] = nid
+        self.counters_[C_QUIC] += 1
+
+    def counters(self) -> dict[str, int]:
+        return {name: int(v) for name, v in zip(COUNTER_NAMES, self.counters_)}
