@@ -80,11 +80,12 @@ class L7Config:
 # --- names arena --------------------------------------------------------------------------
 
 @njit(cache=True, nogil=True)
-def _arena_add(arena, ent_off, ent_len, st, src, so, length):
-    """Store src[so:so+length] normalized; return its id.  st = [next id, absolute
-    write position]: positions count up forever and the ring byte is position % size,
-    so a name is intact while the writer is less than one lap past its start."""
-    if length > 0 and src[np.uintp(so + length - 1)] == 0x2E:  # one trailing dot
+def _arena_add(arena, ent_off, ent_len, st, src, so, length, fold=True):
+    """Store src[so:so+length], normalized as a name if `fold`; return its id.
+    st = [next id, absolute write position]: positions count up forever and the ring
+    byte is position % size, so a name is intact while the writer is less than one
+    lap past its start."""
+    if fold and length > 0 and src[np.uintp(so + length - 1)] == 0x2E:  # one trailing dot
         length -= 1
     size = arena.shape[0]
     w = st[1]
@@ -93,7 +94,7 @@ def _arena_add(arena, ent_off, ent_len, st, src, so, length):
     r = w % size
     for k in range(length):
         c = src[np.uintp(so + k)]
-        if 0x41 <= c <= 0x5A:
+        if fold and 0x41 <= c <= 0x5A:
             c += 0x20
         arena[np.uintp(r + k)] = c
     nid = st[0]
@@ -200,12 +201,13 @@ def _prefix(iv_s, iv_e, b):
 def _parse_stream(buf, p, n, app, scratch, name, alpn, a_hi, a_lo, a_ttl):
     """Run the parser for `app` (or guess it) over a client stream.
 
-    Returns (app, status, used, name_len, flags, connect); status is the parser's, in
-    the common numbering OK / NEED_MORE / not this protocol / MALFORMED; on OK, `used`
-    is how many stream bytes the message took; connect: an HTTP CONNECT request.
+    Returns (app, status, used, name_len, flags, connect, alpn_len, tls_version);
+    status is the parser's, in the common numbering OK / NEED_MORE / not this protocol
+    / MALFORMED; on OK, `used` is how many stream bytes the message took; connect: an
+    HTTP CONNECT request.
     """
     if app == APP_NONE or app == APP_TLS:
-        st, used, nl, _al, _ver, fl = tls.client_hello(buf, p, n, True, scratch, name, 0, alpn, 0)
+        st, used, nl, al, ver, fl = tls.client_hello(buf, p, n, True, scratch, name, 0, alpn, 0)
         if st != tls.NOT_TLS or app == APP_TLS:
             f = 0
             if fl & tls.F_MULTI_RECORD:
@@ -214,15 +216,15 @@ def _parse_stream(buf, p, n, app, scratch, name, alpn, a_hi, a_lo, a_ttl):
                 f |= L7_SNI_MULTIPLE
             if fl & tls.F_ECH:
                 f |= L7_ECH
-            return APP_TLS, st, used, nl, f, False
+            return APP_TLS, st, used, nl, f, False, al, ver
     if app == APP_NONE or app == APP_HTTP:
         st, used, nl, method, _fl = http.request(buf, p, n, name, 0)
         if st != http.NOT_HTTP or app == APP_HTTP:
-            return APP_HTTP, st, used, nl, 0, st == http.OK and method == http.M_CONNECT
+            return APP_HTTP, st, used, nl, 0, st == http.OK and method == http.M_CONNECT, 0, 0
     if app == APP_DNS:
         st, nl, _qt, _rc, _na, _fl, _tx = dns.tcp_message(buf, p, n, name, 0, a_hi, a_lo, a_ttl, 0)
-        return APP_DNS, st, 0, nl, 0, False
-    return APP_NONE, 2, 0, 0, 0, False
+        return APP_DNS, st, 0, nl, 0, False, 0, 0
+    return APP_NONE, 2, 0, 0, 0, False, 0, 0
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -242,7 +244,7 @@ def _ccs(buf, p, n):
 @njit(cache=True, nogil=True)
 def _advance(src, p, avail, i, s, app_hint, scratch, name, alpn, a_hi, a_lo, a_ttl, arena, ent_off,
              ent_len, ast, app_col, name_col, flags_col, f_state, f_stage, f_app, f_name, f_base,
-             f_flags, counters):
+             f_flags, f_ver, f_alpn, counters):
     """Search the client stream bytes src[p:p+avail] (from the flow's base) for names.
 
     A stream can hold up to three: an HTTP CONNECT request, the ClientHello tunnelled
@@ -264,13 +266,17 @@ def _advance(src, p, avail, i, s, app_hint, scratch, name, alpn, a_hi, a_lo, a_t
                 return used, False
             q += k
             left -= k
-        app, st, msg, nl, pf, connect = _parse_stream(src, q, left, want, scratch, name, alpn, a_hi,
-                                                      a_lo, a_ttl)
+        app, st, msg, nl, pf, connect, al, ver = _parse_stream(src, q, left, want, scratch, name,
+                                                               alpn, a_hi, a_lo, a_ttl)
         if st == 1:  # NEED_MORE
             f_app[s] = app
             return used, False
         app_col[i] = app
         f_flags[s] |= pf
+        if st == 0 and app == APP_TLS:
+            f_ver[s] = ver
+            if al > 0:
+                f_alpn[s] = _arena_add(arena, ent_off, ent_len, ast, alpn, 0, al, False)
         if st == 0 and nl > 0:
             nid = _arena_add(arena, ent_off, ent_len, ast, name, 0, nl)
             if stage == _SECOND_HELLO and f_name[s] >= 0 and not _same_name(arena, ent_off, ent_len, f_name[s], nid):
@@ -335,7 +341,7 @@ def _shift(pool, bi, iv_s, iv_e, k):
 @njit(cache=True, nogil=True)
 def _l7(buf, n, verdict, flow, flow_id, dirs, proto, sport, dport, tcp_flags, tcp_seq, payload,
         payload_len, ts_ns, app_col, name_col, flags_col, rows_fid, f_fid, f_state, f_stage, f_app,
-        f_name, f_base, f_isn, f_known, f_buf, f_segs, f_flags, pool, iv_s, iv_e, b_slot, b_fid, b_ts, free, nfree,
+        f_name, f_base, f_isn, f_known, f_buf, f_segs, f_flags, f_ver, f_alpn, pool, iv_s, iv_e, b_slot, b_fid, b_ts, free, nfree,
         scratch, name, alpn, arena, ent_off, ent_len, ast, ans_row, ans_name, ans_hi, ans_lo,
         ans_ttl, a_hi, a_lo, a_ttl, quic_rows, counters):
     """Returns (DNS answers listed, QUIC rows listed, free buffers left)."""
@@ -358,6 +364,8 @@ def _l7(buf, n, verdict, flow, flow_id, dirs, proto, sport, dport, tcp_flags, tc
             f_base[s] = 0
             f_app[s] = APP_NONE
             f_name[s] = -1
+            f_ver[s] = 0
+            f_alpn[s] = -1
             f_known[s] = 0
             f_buf[s] = -1
             f_segs[s] = 0
@@ -419,7 +427,7 @@ def _l7(buf, n, verdict, flow, flow_id, dirs, proto, sport, dport, tcp_flags, tc
             used, done = _advance(buf, src_p, plen, i, s, hint, scratch, name, alpn, a_hi, a_lo,
                                   a_ttl, arena, ent_off, ent_len, ast, app_col, name_col,
                                   flags_col, f_state, f_stage, f_app, f_name, f_base, f_flags,
-                                  counters)
+                                  f_ver, f_alpn, counters)
             if done:
                 continue
             src_p += used  # keep the rest, from the new search point
@@ -456,7 +464,7 @@ def _l7(buf, n, verdict, flow, flow_id, dirs, proto, sport, dport, tcp_flags, tc
             used, done = _advance(pool[bi], 0, have, i, s, hint, scratch, name, alpn, a_hi, a_lo,
                                   a_ttl, arena, ent_off, ent_len, ast, app_col, name_col,
                                   flags_col, f_state, f_stage, f_app, f_name, f_base, f_flags,
-                                  counters)
+                                  f_ver, f_alpn, counters)
             if name_col[i] >= 0:
                 counters[C_REASSEMBLED] += 1
             if not done and used:
@@ -499,12 +507,15 @@ def _reclaim(rows_fid, b_slot, b_fid, b_ts, f_buf, f_state, f_flags, free, now):
 
 @njit(cache=True, nogil=True)
 def _quic_name(ch, scratch, name, alpn, arena, ent_off, ent_len, ast):
-    """Name id of a QUIC ClientHello (a bare handshake message), or -1."""
-    st, _need, nl, _al, _ver, _fl = tls.client_hello(ch, 0, ch.shape[0], False, scratch, name, 0,
-                                                     alpn, 0)
-    if st != tls.OK or nl == 0:
-        return -1
-    return _arena_add(arena, ent_off, ent_len, ast, name, 0, nl)
+    """(name id, TLS version, ALPN id) of a QUIC ClientHello (a bare handshake
+    message); ids -1 for none."""
+    st, _need, nl, al, ver, _fl = tls.client_hello(ch, 0, ch.shape[0], False, scratch, name, 0,
+                                                   alpn, 0)
+    if st != tls.OK:
+        return -1, 0, -1
+    aid = _arena_add(arena, ent_off, ent_len, ast, alpn, 0, al, False) if al > 0 else -1
+    nid = _arena_add(arena, ent_off, ent_len, ast, name, 0, nl) if nl > 0 else -1
+    return nid, ver, aid
 
 
 class L7Table:
@@ -519,6 +530,8 @@ class L7Table:
         self.stage = np.zeros(cap, np.uint8)
         self.app = np.zeros(cap, np.uint8)
         self.name = np.full(cap, -1, np.int64)
+        self.tls_version = np.zeros(cap, np.uint16)  # offered (highest supported_versions)
+        self.alpn = np.full(cap, -1, np.int64)       # arena id of the ALPN list, wire form
         self.base = np.zeros(cap, np.int64)
         self.isn = np.zeros(cap, np.uint32)
         self.known = np.zeros(cap, np.uint8)
@@ -564,8 +577,8 @@ class L7Table:
             b.buf, n, b.verdict, b.flow, b.flow_id, b.dir, b.proto, b.sport, b.dport, b.tcp_flags,
             b.tcp_seq, b.payload, b.payload_len, b.ts_ns, b.app, b.name_id, b.l7_flags, rows_fid,
             self.fid, self.state, self.stage, self.app, self.name, self.base, self.isn, self.known,
-            self.buf, self.segs,
-            self.flags, self.pool, self.iv_s, self.iv_e, self.b_slot, self.b_fid, self.b_ts,
+            self.buf, self.segs, self.flags, self.tls_version, self.alpn, self.pool, self.iv_s,
+            self.iv_e, self.b_slot, self.b_fid, self.b_ts,
             self.free, self.nfree, self.scratch, self.name_buf, self.alpn_buf, a.bytes, a.off,
             a.len, a.state, self.ans_row, self.ans_name, self.ans_hi, self.ans_lo, self.ans_ttl,
             *self._a, self.quic_rows, self.counters_)
@@ -594,8 +607,11 @@ class L7Table:
             self.counters_[C_MALFORMED] += 1
             return
         a = self.arena
-        nid = int(_quic_name(np.frombuffer(ch, np.uint8), self.scratch, self.name_buf, self.alpn_buf,
-                             a.bytes, a.off, a.len, a.state))
+        nid, ver, aid = (int(x) for x in _quic_name(np.frombuffer(ch, np.uint8), self.scratch,
+                                                     self.name_buf, self.alpn_buf, a.bytes, a.off,
+                                                     a.len, a.state))
+        self.tls_version[s] = ver
+        self.alpn[s] = aid
         if nid < 0:
             self.counters_[C_NO_NAME] += 1
             return

@@ -119,7 +119,7 @@ def _alpn(b, d, end, alpn, ao):
 @njit(cache=True, nogil=True)
 def _versions(b, d, end):
     """ClientHello supported_versions in b[d:end].  Returns (ok, highest non-GREASE
-    version or -1)."""
+    version or -1; drafts of TLS 1.3 rank below TLS 1.3 itself)."""
     if end - d < 1:
         return False, -1
     ln = np.int64(u8(b, d))
@@ -128,9 +128,17 @@ def _versions(b, d, end):
     best = -1
     for r in range(d + 1, end, 2):
         v = np.int64(u16(b, r))
-        if not _grease(v) and v > best:
+        if not _grease(v) and (best < 0 or _rank(v) > _rank(best)):
             best = v
     return True, best
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _rank(v):
+    """Order of versions: TLS 1.3 drafts (0x7fNN) come just below TLS 1.3 (0x0304)."""
+    if v >> 8 == 0x7F:
+        return 0x0303 * 256 + (v & 0xFF)
+    return v * 256
 
 
 @njit(cache=True, nogil=True)

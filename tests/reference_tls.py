@@ -163,7 +163,9 @@ def parse_client_hello(body: bytes, multi: bool) -> Hello:
         flags |= alpn_flags
     if 43 in found:
         offered = supported_versions(found[43])
-        version = max([v for v in offered if not is_grease(v)], default=version)
+        # TLS 1.3 drafts (0x7fNN) rank between TLS 1.2 and TLS 1.3
+        version = max([v for v in offered if not is_grease(v)], default=version,
+                      key=lambda v: 0x0303 * 256 + (v & 0xFF) if v >> 8 == 0x7F else v * 256)
     if 0xFE0D in found:
         flags |= F_ECH
     return Hello(OK, 0, sni, alpn, version, flags)

@@ -152,3 +152,47 @@ def test_apps(wrapped: dict[str, Path]) -> None:
     assert set(apps.values()) == {"http"}
     _, apps = egressd_names(PCAPS / "clients" / "dns.pcap")
     assert set(apps.values()) == {"dns"}
+
+
+def _flow_tls(path: Path) -> set[tuple[str, int, bytes]]:
+    """(name, TLS version offered, ALPN wire list) of every TLS/QUIC flow with a name."""
+    pipe = Pipeline()
+    seen = set()
+    with CaptureReader(path, extra_bytes=pipe.extra_bytes) as reader:
+        for b in reader:
+            pipe.process(b, reader.extra_base)
+            for s in np.unique(b.flow[:b.n][(b.name_id[:b.n] >= 0) & (b.app[:b.n] != 3)]):
+                l7 = pipe.l7
+                alpn = l7.arena.get(int(l7.alpn[s])) if l7.alpn[s] >= 0 else b""
+                seen.add((l7.arena.get(int(l7.name[s])).decode(), int(l7.tls_version[s]), alpn))
+    return seen
+
+
+def test_tls_version_and_alpn_per_flow(wrapped: dict[str, Path]) -> None:
+    """What the flow offered, as tshark reads it: highest supported_versions, ALPN."""
+    h2 = b"\x02h2\x08http/1.1"
+    assert ("chromium.example.test", 0x0304, h2) in _flow_tls(PCAPS / "clients" / "chromium.pcap")
+    assert ("pkgs.example.com", 0x0304, h2) in _flow_tls(PCAPS / "clients" / "curl-tls.pcap")
+    assert {n for n, _, _ in _flow_tls(wrapped["quic-ietf/input.pcap"])} == {"msquic.net"}
+    # it offers 0x0304 and drafts 0x7f1c..0x7f1a (tshark): TLS 1.3 itself ranks highest
+    assert {v for _, v, _ in _flow_tls(wrapped["quic-ietf/input.pcap"])} == {0x0304}
+
+
+def _suricata_expected(rel: str) -> set[str]:
+    """Names Suricata's own expected output (test.yaml) gives for a capture."""
+    import yaml
+
+    doc = yaml.safe_load((CORPUS / "suricata-verify" / rel.split("/")[0] / "test.yaml").read_text())
+    out = set()
+    for check in doc.get("checks", []):
+        for key, value in (check.get("filter", {}).get("match", {}) or {}).items():
+            if key in ("tls.sni", "http.hostname", "dns.rrname", "dns.queries[0].rrname",
+                       "dns.query[0].rrname") and isinstance(value, str):
+                out.add(value.strip("[]").lower())
+    return out
+
+
+@pytest.mark.parametrize("rel", [r for r in SURICATA if _suricata_expected(r)])
+def test_suricata_expected_names(rel: str, wrapped: dict[str, Path]) -> None:
+    """Every name Suricata's expected EVE output names is a name egressd read."""
+    assert _suricata_expected(rel) <= set(egressd_names(wrapped[rel])[0].values())
