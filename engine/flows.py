@@ -12,8 +12,9 @@ flags in the first; counters and the slots later stages fill in the second) plus
 32-bit tag per slot: 132 bytes a slot, 138 MB (132 MiB) for the default 1,048,576
 slots.  Rows rather than one array per field, because a packet then touches three
 cache lines (tags, row line 1, row line 2) instead of about fourteen: measured 2.5x
-faster at 100 k random flows.  Both arrays live in memory advised to use transparent
-huge pages, which cuts the TLB misses of random slot access (measured 2x).
+faster at 100 k random flows.  Plain pages: transparent huge pages measured no faster
+here, and faulting them in stalls on memory compaction once the page cache is full
+(a replay writing its output), which cost a replay up to 0.4 s.
 
 Buckets.  Slots form buckets of 16, whose 16 tags fill one cache line.  A 64-bit hash
 of the key gives a tag (its low 32 bits, never 0: 0 marks an empty slot) and two
@@ -81,7 +82,6 @@ idled out leaves the error unrelated (no flow); both outcomes are counted.
 from __future__ import annotations
 
 import math
-import mmap
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -188,19 +188,6 @@ class FlowConfig:
             v = getattr(self, name)
             if not (math.isfinite(v) and v > 0):
                 raise ValueError(f"{name} must be a positive number of seconds, not {v!r}")
-
-
-def _huge_zeros(n: int, dtype: np.dtype) -> np.ndarray:
-    """Zeroed array in anonymous memory advised to use transparent huge pages."""
-    size = n * dtype.itemsize
-    if not hasattr(mmap, "MADV_HUGEPAGE"):
-        return np.zeros(n, dtype)
-    mm = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-    try:
-        mm.madvise(mmap.MADV_HUGEPAGE)
-    except OSError:  # a kernel without transparent huge pages: plain pages then
-        pass
-    return np.frombuffer(mm, dtype=dtype, count=n)
 
 
 # --- kernels ---------------------------------------------------------------------------
@@ -625,8 +612,8 @@ class FlowTable:
     def __init__(self, config: FlowConfig | None = None) -> None:
         self.config = config or FlowConfig()
         cap = self.config.capacity
-        self.slots = _huge_zeros(cap, SLOT_DTYPE)
-        self.tags = _huge_zeros(cap, np.dtype(np.uint32))
+        self.slots = np.zeros(cap, SLOT_DTYPE)
+        self.tags = np.zeros(cap, np.uint32)
         self._rows64 = self.slots.view(np.uint64)  # the rows as words, for prefetching
         self._bmask = np.uint64(cap // BUCKET - 1)
         self._tcp_ns = np.int64(round(self.config.tcp_idle_s * 1e9))
