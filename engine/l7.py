@@ -7,7 +7,9 @@ request (the common case, no copy); otherwise they are reassembled by sequence
 number into a buffer from a fixed pool: bounded (MAX_STREAM bytes, MAX_SEGMENTS
 segments, MAX_HOLES disjoint pieces), out-of-order and retransmitted segments
 handled, overlapping bytes first-wins (the rewrite is ignored and counted, an
-evasion signal).  DNS is parsed per packet (every query has its own name).  QUIC
+evasion signal).  DNS is parsed per packet (every query has its own name): UDP and
+TCP port 53, and with `dns_any_port` any UDP payload that parses as DNS (mDNS, DNS
+on odd ports; off by default, since any UDP payload may happen to parse).  QUIC
 Initials are decrypted in Python (engine.quic), for the few rows the kernel lists:
 client datagrams to UDP 443 of flows still without a name.
 
@@ -68,9 +70,10 @@ class L7Config:
     arena_bytes: int = 16 << 20       # names kept for the logs
     arena_names: int = 1 << 20
     quic_flows: int = 4096            # QUIC flows decrypting their Initials at once
+    dns_any_port: bool = False        # also read UDP payloads off port 53 that parse as DNS
 
     def __post_init__(self) -> None:
-        for name in ("buffers", "arena_bytes", "arena_names", "quic_flows"):
+        for name in ("buffers", "arena_bytes", "arena_names", "quic_flows"):  # dns_any_port: any
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be positive")
         if self.arena_bytes < 4 * tls.SNI_MAX:
@@ -341,9 +344,10 @@ def _shift(pool, bi, iv_s, iv_e, k):
 @njit(cache=True, nogil=True)
 def _l7(buf, n, verdict, flow, flow_id, dirs, proto, sport, dport, tcp_flags, tcp_seq, payload,
         payload_len, ts_ns, app_col, name_col, flags_col, rows_fid, f_fid, f_state, f_stage, f_app,
-        f_name, f_base, f_isn, f_known, f_buf, f_segs, f_flags, f_ver, f_alpn, pool, iv_s, iv_e, b_slot, b_fid, b_ts, free, nfree,
-        scratch, name, alpn, arena, ent_off, ent_len, ast, ans_row, ans_name, ans_hi, ans_lo,
-        ans_ttl, a_hi, a_lo, a_ttl, quic_rows, counters):
+        f_name, f_base, f_isn, f_known, f_buf, f_segs, f_flags, f_ver, f_alpn, pool, iv_s, iv_e,
+        b_slot, b_fid, b_ts, free, nfree, scratch, name, alpn, arena, ent_off, ent_len, ast,
+        ans_row, ans_name, ans_hi, ans_lo, ans_ttl, a_hi, a_lo, a_ttl, quic_rows, dns_any_port,
+        counters):
     """Returns (DNS answers listed, QUIC rows listed, free buffers left)."""
     nans = 0
     nq = 0
@@ -372,9 +376,14 @@ def _l7(buf, n, verdict, flow, flow_id, dirs, proto, sport, dport, tcp_flags, tc
             f_flags[s] = 0
         pr = proto[i]
         if pr == PROTO_UDP:
-            if sport[i] == DNS_PORT or dport[i] == DNS_PORT:
+            port53 = sport[i] == DNS_PORT or dport[i] == DNS_PORT
+            st = dns.NOT_DNS
+            nl = 0
+            na = 0
+            if port53 or (dns_any_port and dport[i] != QUIC_PORT):
                 st, nl, _qt, _rc, na, _fl, _tx = dns.message(buf, payload[i], np.int64(payload_len[i]),
                                                              name, 0, a_hi, a_lo, a_ttl, 0)
+            if port53 or st == dns.OK:  # elsewhere, only what parses as DNS is DNS
                 app_col[i] = APP_DNS
                 if f_app[s] == APP_NONE:
                     f_app[s] = APP_DNS
@@ -581,7 +590,7 @@ class L7Table:
             self.iv_e, self.b_slot, self.b_fid, self.b_ts,
             self.free, self.nfree, self.scratch, self.name_buf, self.alpn_buf, a.bytes, a.off,
             a.len, a.state, self.ans_row, self.ans_name, self.ans_hi, self.ans_lo, self.ans_ttl,
-            *self._a, self.quic_rows, self.counters_)
+            *self._a, self.quic_rows, self.config.dns_any_port, self.counters_)
         for i in self.quic_rows[:nq]:
             self._quic(b, int(i))
 

@@ -861,3 +861,21 @@ def test_fuzz_reassembly(case: tuple[bool, list[tuple[bool, int, bytes]], int]) 
     else:
         gave_up = [r for r, f in enumerate(run.flags) if f & L7_GAVE_UP]
         assert name is None or (gave_up and gave_up[0] <= row)
+
+
+def test_dns_on_another_port_only_when_configured(tmp_path: Path) -> None:
+    """DNS off port 53 is read only with L7Config(dns_any_port=True), and then only
+    payloads that parse as DNS; other UDP traffic gets no name either way."""
+    query = IP(src="10.1.0.9", dst="198.51.100.53") / UDP(sport=40000, dport=5353) / DNS(
+        id=7, rd=1, qd=DNSQR(qname="printer.local"))
+    junk = IP(src="10.1.0.9", dst="198.51.100.54") / UDP(sport=40001, dport=9999) / (b"\x00\x07" + b"z" * 30)
+    capture = write_pcap(tmp_path / "odd.pcap", [wrap(bytes(query)), wrap(bytes(junk))])
+    for any_port, expect in ((False, {}), (True, {1: "printer.local"})):
+        pipe = Pipeline(l7=L7Config(dns_any_port=any_port))
+        got = {}
+        with CaptureReader(capture, extra_bytes=pipe.extra_bytes) as reader:
+            for b in reader:
+                pipe.process(b, reader.extra_base)
+                for i in np.flatnonzero(b.name_id[:b.n] >= 0):
+                    got[int(i) + 1] = pipe.l7.arena.get(int(b.name_id[i])).decode()
+        assert got == expect
