@@ -192,15 +192,21 @@ class FlowConfig:
 
 # --- kernels ---------------------------------------------------------------------------
 
+def _element_ptr(context, builder, sig, args):
+    """LLVM pointer to args[0][args[1]] (an intrinsic's array and index arguments),
+    unchecked: the callers index within the array by construction."""
+    aryty = sig.args[0]
+    ary = context.make_array(aryty)(context, builder, args[0])
+    return cgutils.get_item_pointer(context, builder, aryty, ary, [args[1]], wraparound=False,
+                                    boundscheck=False)
+
+
 @intrinsic
 def _prefetch(typingctx, arr, idx):
     """Hint the CPU to load arr[idx] into the caches (LLVM's prefetch; no fault, no
     bounds check: a hint about any address is harmless)."""
     def codegen(context, builder, sig, args):
-        aryty = sig.args[0]
-        ary = context.make_array(aryty)(context, builder, args[0])
-        ptr = cgutils.get_item_pointer(context, builder, aryty, ary, [args[1]],
-                                       wraparound=False, boundscheck=False)
+        ptr = _element_ptr(context, builder, sig, args)
         i32 = ir.IntType(32)
         i8p = ir.IntType(8).as_pointer()
         fn = cgutils.get_or_insert_function(
@@ -228,10 +234,7 @@ def _lanes_equal(typingctx, tags, base, tag):
     """Bit mask of the slots of the bucket starting at `base` whose tag equals `tag`:
     one vector load and compare (LLVM does not vectorise the equivalent loop here)."""
     def codegen(context, builder, sig, args):
-        aryty = sig.args[0]
-        ary = context.make_array(aryty)(context, builder, args[0])
-        ptr = cgutils.get_item_pointer(context, builder, aryty, ary, [args[1]],
-                                       wraparound=False, boundscheck=False)
+        ptr = _element_ptr(context, builder, sig, args)
         i32 = ir.IntType(32)
         vty = ir.VectorType(i32, BUCKET)
         lanes = builder.load(builder.bitcast(ptr, vty.as_pointer()), align=4)
