@@ -101,6 +101,6 @@ def test_loopback_handshake_sni(server_cert, tmp_path):  # noqa: F811
     # client datagram completes it
     path = _capture(records, tmp_path / "loopback-quic.pcap")
     names, apps = egressd_names(path)
-    assert names == {2: SNI}
+    assert names == {1: SNI}
     assert apps == {1: "quic"}
     assert tshark_names(path) == names
