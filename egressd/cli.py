@@ -59,6 +59,15 @@ def _check_output(path: str, flag: str, inp: Path) -> None:
         raise BadInput(f"{flag} {path}: directory {out.parent} does not exist")
 
 
+def _first_run_notice() -> None:
+    """On a terminal, say so when the kernels have never been compiled here: that
+    takes a while (like the progress bar, nothing of the kind when output is piped)."""
+    cache = os.environ.get("NUMBA_CACHE_DIR")
+    if sys.stderr.isatty() and cache and not any(Path(cache).rglob("*.nbi")):
+        print("egressd: compiling the packet kernels for this machine (first run only, "
+              "about half a minute)", file=sys.stderr)
+
+
 def _replay(args: argparse.Namespace) -> int:
     from egressd.engine.flows import FlowConfig
     from egressd.engine.frag import FragConfig, FragMode
@@ -80,6 +89,7 @@ def _replay(args: argparse.Namespace) -> int:
     except ValueError as e:
         raise BadInput(f"--flow-capacity: {e}") from None
     show = sys.stderr.isatty() if args.progress is None else args.progress
+    _first_run_notice()
 
     def run(progress=None):
         return replay(inp, args.out, args.dropped, require_gwlb=not args.accept_non_gwlb,

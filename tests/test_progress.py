@@ -50,3 +50,22 @@ def test_no_bar_when_piped(tmp_path):
     assert res.returncode == 0
     assert "\u2501" not in res.stderr and "\x1b[" not in res.stderr
     assert "forwarded 105" in res.stderr
+
+
+def test_first_run_notice_only_on_a_terminal_with_a_cold_cache(tmp_path, monkeypatch):
+    import io
+
+    from egressd import cli
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    monkeypatch.setenv("NUMBA_CACHE_DIR", str(tmp_path))
+    for stream, cached, expect in ((Terminal(), False, True), (io.StringIO(), False, False),
+                                   (Terminal(), True, False)):
+        if cached:
+            (tmp_path / "k.nbi").write_bytes(b"")
+        monkeypatch.setattr(sys, "stderr", stream)
+        cli._first_run_notice()
+        assert ("compiling the packet kernels" in stream.getvalue()) is expect
