@@ -93,10 +93,9 @@ from numba.cpython.unsafe.numbers import trailing_zeros
 from numba.extending import intrinsic
 
 from egressd.engine.batch import PacketBatch
-from egressd.engine.parse import PF_FRAGMENT, PF_ICMP_ERROR, PF_REASSEMBLED
+from egressd.engine.parse import PF_FRAGMENT, PF_ICMP_ERROR, PF_REASSEMBLED, PROTO_TCP
 from egressd.engine.reasons import Verdict
 
-PROTO_TCP = 6
 TH_FIN, TH_SYN, TH_RST, TH_ACK = 0x01, 0x02, 0x04, 0x10
 
 # TCP states (pseudo-flows keep NONE)

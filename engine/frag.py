@@ -29,7 +29,8 @@ import numpy as np
 from numba import njit
 
 from egressd.engine.batch import PacketBatch
-from egressd.engine.parse import MAX_EXT_HEADERS, PF_FRAGMENT, PF_MORE_FRAGMENTS, PF_REASSEMBLED
+from egressd.engine.parse import (EXT_FRAGMENT, MAX_EXT_HEADERS, PF_FRAGMENT, PF_MORE_FRAGMENTS,
+                                  PF_REASSEMBLED, ext_header_len)
 from egressd.engine.reasons import N_REASONS, Reason, Verdict
 from egressd.engine.wire import copy, ones_sum, u8
 
@@ -84,13 +85,10 @@ def _v6_frag_header(buf, p):
     field = 6
     q = 40
     for _ in range(MAX_EXT_HEADERS):
-        if nh == 44:
+        if nh == EXT_FRAGMENT:
             return q, field
-        if nh == 51:
-            hlen = (np.int64(u8(buf, p + q + 1)) + 2) * 4
-        else:
-            hlen = (np.int64(u8(buf, p + q + 1)) + 1) * 8
         field = q
+        hlen = ext_header_len(buf, p + q, nh)
         nh = u8(buf, p + q)
         q += hlen
     return -1, 0

@@ -28,6 +28,7 @@ from numba import njit
 
 from egressd.engine import dns, http, tls
 from egressd.engine.batch import PacketBatch
+from egressd.engine.flows import TH_SYN
 from egressd.engine.parse import PROTO_TCP, PROTO_UDP
 from egressd.engine import quic
 from egressd.engine.quic import QuicInitials
@@ -413,7 +414,7 @@ def _l7(buf, n, verdict, flow, flow_id, dirs, proto, sport, dport, tcp_flags, tc
         if pr != PROTO_TCP or dirs[i] != 0 or f_state[s] == _DONE:
             continue
         fl = tcp_flags[i]
-        if fl & 0x02:  # SYN: the stream starts after its sequence number
+        if fl & TH_SYN:  # the stream starts after the SYN's sequence number
             f_isn[s] = tcp_seq[i] + np.uint32(1)
             f_known[s] = 1
             continue

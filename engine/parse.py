@@ -32,12 +32,22 @@ PROTO_SCTP = 132
 MAX_EXT_HEADERS = 8
 _V4_MAPPED = np.uint64(0x0000FFFF00000000)
 
-_EXT_HBH, _EXT_ROUTING, _EXT_FRAGMENT, _EXT_AH, _EXT_DSTOPTS = 0, 43, 44, 51, 60
+_EXT_HBH, _EXT_ROUTING, EXT_FRAGMENT, EXT_AH, _EXT_DSTOPTS = 0, 43, 44, 51, 60
+
+
+@njit(cache=True, nogil=True, inline="always")
+def ext_header_len(buf, h, nh):
+    """Length of the IPv6 extension header `nh` at h (not the fragment header, always
+    8): AH counts 4-byte words minus 2, the others 8-byte words minus 1.  The caller
+    has checked that its first two bytes are there."""
+    if nh == EXT_AH:
+        return (np.int64(u8(buf, h + 1)) + 2) * 4
+    return (np.int64(u8(buf, h + 1)) + 1) * 8
 
 
 @njit(cache=True, nogil=True, inline="always")
 def _is_ext(nh):
-    return nh == _EXT_HBH or nh == _EXT_ROUTING or nh == _EXT_FRAGMENT or nh == _EXT_AH or nh == _EXT_DSTOPTS
+    return nh == _EXT_HBH or nh == _EXT_ROUTING or nh == EXT_FRAGMENT or nh == EXT_AH or nh == _EXT_DSTOPTS
 
 
 @njit(cache=True, nogil=True)
@@ -105,7 +115,7 @@ def _ip(buf, p, avail, quoted):
             if tot - q < 8:
                 return Reason.IPV6_EXT_HEADER_TRUNCATED, 6, 0, z, z, z, z, 0, 0, 0, 0, 0
             flags |= PF_IPV6_EXT
-            if nh == _EXT_FRAGMENT:
+            if nh == EXT_FRAGMENT:
                 if seen_frag:
                     return Reason.IPV6_TWO_FRAGMENT_HEADERS, 6, 0, z, z, z, z, 0, 0, 0, 0, 0
                 seen_frag = True
@@ -119,10 +129,8 @@ def _ip(buf, p, avail, quoted):
                         flags |= PF_MORE_FRAGMENTS
                     if not quoted and ((fo & 1 and (tot - q - 8) % 8) or frag_off + tot - q - 8 > 65535):
                         return Reason.FRAG_BAD_OFFSET, 6, 0, z, z, z, z, 0, 0, 0, 0, 0
-            elif nh == _EXT_AH:
-                hlen = (np.int64(u8(buf, p + q + 1)) + 2) * 4
             else:
-                hlen = (np.int64(u8(buf, p + q + 1)) + 1) * 8
+                hlen = ext_header_len(buf, p + q, nh)
             if tot - q < hlen:
                 return Reason.IPV6_EXT_HEADER_TRUNCATED, 6, 0, z, z, z, z, 0, 0, 0, 0, 0
             nh = u8(buf, p + q)
