@@ -1,4 +1,4 @@
-"""Command line: `egressd replay ...`.
+"""Command line: `egressd replay ...`, `egressd policy check ...`.
 
 Exit codes: 0 ok, 2 bad input (usage, unreadable capture or policy, unwritable
 output), 1 internal error.
@@ -44,11 +44,48 @@ def _parser() -> argparse.ArgumentParser:
                    help="accept GENEVE packets without GWLB's endpoint/attachment/cookie options")
     r.add_argument("--flow-capacity", type=int, default=1 << 20, metavar="N",
                    help="flow table slots, a power of two (default 1048576, about 138 MB)")
-    r.add_argument("--fragments", choices=("reassemble", "pass", "drop"), default="reassemble",
-                   help="inner IP fragments: reassemble for inspection (default), pass "
-                        "uninspected, or drop (AWS Network Firewall's stateless default "
-                        "action for fragmented packets: forward to stateful, pass, drop)")
+    r.add_argument("--fragments", choices=("reassemble", "pass", "drop"), default=None,
+                   help="inner IP fragments: reassemble for inspection, pass uninspected, or "
+                        "drop (AWS Network Firewall's stateless default action for fragmented "
+                        "packets: forward to stateful, pass, drop); default: the policy's, "
+                        "else reassemble")
+
+    pol = sub.add_parser("policy", help="work with policy files")
+    psub = pol.add_subparsers(dest="policy_command", required=True, metavar="ACTION")
+    chk = psub.add_parser("check", help="validate policy files and print what they compile to",
+                          description="Load the files as `replay --policy` would (merged in the "
+                                      "order given), compile them, and print a summary; exit 2 "
+                                      "with the file, line or field, and reason on an error.")
+    chk.add_argument("files", nargs="+", metavar="FILE",
+                     help="YAML policy, AWS Network Firewall JSON, Suricata rules or domain list")
     return p
+
+
+def _load_policy(paths: list[str], flag: str = ""):
+    """Load, merge and compile policy files; BadInput names the file (after `flag`, the
+    option that gave it), the line or field, and the reason."""
+    from egressd.rules.compile import compile_policy
+    from egressd.rules.load import load_policies
+    from egressd.rules.policy import PolicyError
+
+    try:
+        merged = load_policies([Path(p) for p in paths])
+        return merged, compile_policy(merged)
+    except PolicyError as e:
+        raise BadInput(f"{flag} {e}" if flag else str(e)) from None
+
+
+def _policy_check(args: argparse.Namespace) -> int:
+    from egressd.rules.load import describe
+
+    merged, compiled = _load_policy(args.files)
+    lines = describe(merged)
+    c = compiled.summary
+    lines.append(f"compiled: {sum(c['rules'].values())} rule rows, {c['domain_sets']} domain "
+                 f"sets ({c['patterns']} patterns), {c['address_ranges']} address ranges, "
+                 f"{c['port_ranges']} port ranges; fragments: {compiled.frag_mode.name.lower()}")
+    print("\n".join(lines))
+    return EXIT_OK
 
 
 def _check_output(path: str, flag: str, inp: Path) -> None:
@@ -78,12 +115,11 @@ def _replay(args: argparse.Namespace) -> int:
     for flag, path in (("--out", args.out), ("--dropped", args.dropped), ("--stats", args.stats)):
         if path:
             _check_output(path, flag, inp)
-    for pol in args.policy:
-        if not os.access(pol, os.R_OK) or not Path(pol).is_file():
-            raise BadInput(f"--policy {pol}: not a readable file")
-    if args.policy:
-        print("egressd: warning: policy enforcement is not implemented yet; replaying allow-all",
-              file=sys.stderr)
+    policy = _load_policy(args.policy, "--policy")[1] if args.policy else None
+    if args.fragments:
+        frag_mode = FragMode[args.fragments.upper()]
+    else:
+        frag_mode = policy.frag_mode if policy else FragMode.REASSEMBLE
     try:
         flows = FlowConfig(capacity=args.flow_capacity)
     except ValueError as e:
@@ -93,7 +129,7 @@ def _replay(args: argparse.Namespace) -> int:
 
     def run(progress=None):
         return replay(inp, args.out, args.dropped, require_gwlb=not args.accept_non_gwlb,
-                      frag=FragConfig(mode=FragMode[args.fragments.upper()]), flows=flows,
+                      frag=FragConfig(mode=frag_mode), flows=flows, policy=policy,
                       progress=progress)
 
     try:
@@ -139,7 +175,7 @@ def _summary(report: dict) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        return _replay(args)
+        return _policy_check(args) if args.command == "policy" else _replay(args)
     except BadInput as e:
         print(f"egressd: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -69,10 +69,15 @@ COLUMNS: dict[str, type] = {
     "flow": np.int64,         # flow table slot, -1 for none
     "flow_id": np.uint64,     # unique id of the flow (EVE flow_id)
     "dir": np.uint8,          # 0: from the flow's initiator, 1: from its responder
+    "est": np.uint8,          # 1: the connection was established (Suricata flow:established)
     # filled by engine.l7
     "app": np.uint8,          # engine.l7.APP_* of the packet's payload
     "name_id": np.int64,      # the name this row completed (names arena id), -1 none
     "l7_flags": np.uint16,    # engine.l7.L7_* (evasion signals, give-ups)
+    "qtype": np.uint16,       # DNS: the question's type (1 A, 28 AAAA, ...), 0 none
+    # filled by rules.match
+    "rule": np.int32,         # policy catalog id of the rule that decided, -1 none
+    "alert": np.int32,        # policy catalog id of an alert raised on the row, -1 none
     # verdict of the pipeline
     "verdict": np.uint8,      # Verdict
     "reason": np.uint16,      # Reason of a drop

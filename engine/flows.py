@@ -71,8 +71,10 @@ sets SEEN_REPLY; a flow without it is embryonic.  A packet whose two endpoints a
 equal counts as from the initiator.
 
 Batch columns.  Filled per row: `flow` (slot, -1 for none), `flow_id` (1, 2, ... in
-creation order, 0 for none) and `dir` (0 from the initiator: "toserver"; 1 from the
-responder: "toclient").  Rows get no flow when dropped already or when they are
+creation order, 0 for none), `dir` (0 from the initiator: "toserver"; 1 from the
+responder: "toclient") and `est`, Suricata's `flow:established` for the row (measured
+with Suricata 7.0.10: a TCP packet is established when the flow was before it, so the
+handshake's last ACK is not; a UDP packet when a reply has been seen, this one included).  Rows get no flow when dropped already or when they are
 fragments that were not reassembled.  An ICMP error (PF_ICMP_ERROR) only looks up the
 flow of the packet it quotes (same endpoint and attachment), never creates one nor
 changes its state or counters; it travels toward the quoted packet's sender, so its
@@ -424,7 +426,7 @@ def _prepare(n, verdict, pflags, eni, attach, ipver, proto, src_hi, src_lo, dst_
 
 @njit(cache=True, nogil=True)
 def _probe(n, bmask, tcp_ns, other_ns, kind, hashes, k_a_hi, k_a_lo, k_b_hi, k_b_lo, k_meta,
-           eni, attach, tcp_flags, ip_len, ts_ns, cookie, flow, flow_id, dir_,
+           eni, attach, tcp_flags, ip_len, ts_ns, cookie, flow, flow_id, dir_, est_,
            rows, rows64, tags, counters, clock, recs, nrec, end_counter):
     """Second pass: find or place each row's flow, update it.  Returns the number of
     records now in `recs` (each row ends at most one flow; the caller leaves room)."""
@@ -455,6 +457,7 @@ def _probe(n, bmask, tcp_ns, other_ns, kind, hashes, k_a_hi, k_a_lo, k_b_hi, k_b
         if ts > clock[1]:
             clock[1] = ts
         k = kind[i]
+        est_[i] = 0
         if k == _K_SKIP:
             flow[i] = -1
             flow_id[i] = 0
@@ -566,8 +569,12 @@ def _probe(n, bmask, tcp_ns, other_ns, kind, hashes, k_a_hi, k_a_lo, k_b_hi, k_b
             r.bytes_toclient += nbytes
             fl |= F_SEEN_REPLY
         if proto == PROTO_TCP:
+            # Suricata's flow:established: the handshake's last ACK is not yet established
+            est_[i] = r.state >= ESTABLISHED
             st, fl = _tcp_step(r.state, fl, tcpf, from_init)
             r.state = st
+        else:  # ... while a UDP reply already is
+            est_[i] = (fl & F_SEEN_REPLY) != 0
         r.flags = fl
         if ts > r.last_ts:
             r.last_ts = ts
@@ -660,7 +667,7 @@ class FlowTable:
         self._nrec = _probe(n, self._bmask, self._tcp_ns, self._other_ns, self._kind,
                             self._hashes, key[0], key[1], key[2], key[3], key[4], b.gwlb_eni,
                             b.gwlb_attach, b.tcp_flags, b.ip_len, b.ts_ns, b.gwlb_cookie,
-                            b.flow, b.flow_id, b.dir, self.slots, self._rows64, self.tags,
+                            b.flow, b.flow_id, b.dir, b.est, self.slots, self._rows64, self.tags,
                             self._counters, self._clock, self._records, self._nrec,
                             _END_COUNTER)
 

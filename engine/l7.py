@@ -39,7 +39,7 @@ APP_NONE, APP_TLS, APP_HTTP, APP_DNS, APP_QUIC = range(5)
 APP_NAMES = ("", "tls", "http", "dns", "quic")
 
 # per-flow search state, and which message the search expects
-_NEW, _COLLECT, _DONE = 0, 1, 2
+_NEW, _DONE = 0, 1
 _FIRST, _TUNNEL, _SECOND_HELLO = 0, 1, 2
 
 # l7_flags (rows and flows)
@@ -51,6 +51,10 @@ L7_SNI_MULTIPLE = 0x10
 L7_ECH = 0x20            # Encrypted Client Hello offered
 L7_MIDSTREAM = 0x40      # the stream's start was not seen (no SYN)
 L7_SNI_CHANGED = 0x80    # a second ClientHello named another server than the first
+# row only: where the row left the flow's search (the policy stage judges each row by
+# what was known at that row, not by the state at the end of the batch)
+L7_SEARCH_MORE = 0x100   # client bytes of a message still incomplete after this row
+L7_SEARCH_END = 0x200    # the search ended at this row (a name, or none to be had)
 
 MAX_STREAM = tls.MAX_CLIENT_HELLO + 5 * 1024  # a ClientHello in up to 1024 records
 MAX_SEGMENTS = 32
@@ -205,7 +209,8 @@ def _prefix(iv_s, iv_e, b):
 def _parse_stream(buf, p, n, app, scratch, name, alpn, a_hi, a_lo, a_ttl):
     """Run the parser for `app` (or guess it) over a client stream.
 
-    Returns (app, status, used, name_len, flags, connect, alpn_len, tls_version);
+    Returns (app, status, used, name_len, flags, connect, alpn_len, version): version is
+    the TLS version offered, or for DNS the query type;
     status is the parser's, in the common numbering OK / NEED_MORE / not this protocol
     / MALFORMED; on OK, `used` is how many stream bytes the message took; connect: an
     HTTP CONNECT request.
@@ -226,8 +231,8 @@ def _parse_stream(buf, p, n, app, scratch, name, alpn, a_hi, a_lo, a_ttl):
         if st != http.NOT_HTTP or app == APP_HTTP:
             return APP_HTTP, st, used, nl, 0, st == http.OK and method == http.M_CONNECT, 0, 0
     if app == APP_DNS:
-        st, nl, _qt, _rc, _na, _fl, _tx = dns.tcp_message(buf, p, n, name, 0, a_hi, a_lo, a_ttl, 0)
-        return APP_DNS, st, 0, nl, 0, False, 0, 0
+        st, nl, qt, _rc, _na, _fl, _tx = dns.tcp_message(buf, p, n, name, 0, a_hi, a_lo, a_ttl, 0)
+        return APP_DNS, st, 0, nl, 0, False, 0, qt
     return APP_NONE, 2, 0, 0, 0, False, 0, 0
 
 
@@ -247,7 +252,7 @@ def _ccs(buf, p, n):
 
 @njit(cache=True, nogil=True)
 def _advance(src, p, avail, i, s, app_hint, scratch, name, alpn, a_hi, a_lo, a_ttl, arena, ent_off,
-             ent_len, ast, app_col, name_col, flags_col, f_state, f_stage, f_app, f_name, f_base,
+             ent_len, ast, app_col, name_col, flags_col, qtype_col, f_state, f_stage, f_app, f_name, f_base,
              f_flags, f_ver, f_alpn, counters):
     """Search the client stream bytes src[p:p+avail] (from the flow's base) for names.
 
@@ -274,6 +279,8 @@ def _advance(src, p, avail, i, s, app_hint, scratch, name, alpn, a_hi, a_lo, a_t
                                                                alpn, a_hi, a_lo, a_ttl)
         if st == 1:  # NEED_MORE
             f_app[s] = app
+            if name_col[i] < 0:  # a row keeps the app of the name it completed
+                app_col[i] = app
             return used, False
         app_col[i] = app
         f_flags[s] |= pf
@@ -281,6 +288,8 @@ def _advance(src, p, avail, i, s, app_hint, scratch, name, alpn, a_hi, a_lo, a_t
             f_ver[s] = ver
             if al > 0:
                 f_alpn[s] = _arena_add(arena, ent_off, ent_len, ast, alpn, 0, al, False)
+        elif st == 0 and app == APP_DNS:
+            qtype_col[i] = ver
         if st == 0 and nl > 0:
             nid = _arena_add(arena, ent_off, ent_len, ast, name, 0, nl)
             if stage == _SECOND_HELLO and f_name[s] >= 0 and not _same_name(arena, ent_off, ent_len, f_name[s], nid):
@@ -293,8 +302,10 @@ def _advance(src, p, avail, i, s, app_hint, scratch, name, alpn, a_hi, a_lo, a_t
             counters[C_MALFORMED] += 1
         elif stage == _FIRST:  # not a protocol with a name, or a message without one
             counters[C_NO_NAME] += 1
-        flags_col[i] = f_flags[s]
+        flags_col[i] |= f_flags[s]  # f_flags only grows; keeps the row-only bits
         f_app[s] = app
+        if st == 0 and stage == _FIRST:  # the first message is whole: judge the flow by it
+            flags_col[i] |= L7_SEARCH_END
         if st == 0 and ((app == APP_HTTP and connect) or (app == APP_TLS and stage != _SECOND_HELLO)):
             k = (q - p - used) + msg  # CCS skipped + the message
             used += k
@@ -344,7 +355,7 @@ def _shift(pool, bi, iv_s, iv_e, k):
 
 @njit(cache=True, nogil=True)
 def _l7(buf, n, verdict, flow, flow_id, dirs, proto, sport, dport, tcp_flags, tcp_seq, payload,
-        payload_len, ts_ns, app_col, name_col, flags_col, rows_fid, f_fid, f_state, f_stage, f_app,
+        payload_len, ts_ns, app_col, name_col, flags_col, qtype_col, rows_fid, f_fid, f_state, f_stage, f_app,
         f_name, f_base, f_isn, f_known, f_buf, f_segs, f_flags, f_ver, f_alpn, pool, iv_s, iv_e,
         b_slot, b_fid, b_ts, free, nfree, scratch, name, alpn, arena, ent_off, ent_len, ast,
         ans_row, ans_name, ans_hi, ans_lo, ans_ttl, a_hi, a_lo, a_ttl, quic_rows, dns_any_port,
@@ -356,6 +367,7 @@ def _l7(buf, n, verdict, flow, flow_id, dirs, proto, sport, dport, tcp_flags, tc
         app_col[i] = APP_NONE
         name_col[i] = -1
         flags_col[i] = 0
+        qtype_col[i] = 0
         s = flow[i]
         if verdict[i] == Verdict.DROP or s < 0:
             continue
@@ -382,8 +394,8 @@ def _l7(buf, n, verdict, flow, flow_id, dirs, proto, sport, dport, tcp_flags, tc
             nl = 0
             na = 0
             if port53 or (dns_any_port and dport[i] != QUIC_PORT):
-                st, nl, _qt, _rc, na, _fl, _tx = dns.message(buf, payload[i], np.int64(payload_len[i]),
-                                                             name, 0, a_hi, a_lo, a_ttl, 0)
+                st, nl, qt, _rc, na, _fl, _tx = dns.message(buf, payload[i], np.int64(payload_len[i]),
+                                                            name, 0, a_hi, a_lo, a_ttl, 0)
             if port53 or st == dns.OK:  # elsewhere, only what parses as DNS is DNS
                 app_col[i] = APP_DNS
                 if f_app[s] == APP_NONE:
@@ -394,6 +406,7 @@ def _l7(buf, n, verdict, flow, flow_id, dirs, proto, sport, dport, tcp_flags, tc
                     continue
                 nid = _arena_add(arena, ent_off, ent_len, ast, name, 0, nl)
                 name_col[i] = nid
+                qtype_col[i] = qt
                 counters[C_DNS] += 1
                 if f_name[s] < 0:
                     f_name[s] = nid
@@ -436,13 +449,15 @@ def _l7(buf, n, verdict, flow, flow_id, dirs, proto, sport, dport, tcp_flags, tc
             # the common case: the whole message in this packet, parsed in place
             used, done = _advance(buf, src_p, plen, i, s, hint, scratch, name, alpn, a_hi, a_lo,
                                   a_ttl, arena, ent_off, ent_len, ast, app_col, name_col,
-                                  flags_col, f_state, f_stage, f_app, f_name, f_base, f_flags,
+                                  flags_col, qtype_col, f_state, f_stage, f_app, f_name, f_base, f_flags,
                                   f_ver, f_alpn, counters)
             if done:
+                flags_col[i] |= L7_SEARCH_END
                 continue
             src_p += used  # keep the rest, from the new search point
             plen -= used
             if plen == 0:  # nothing left to keep: the next message starts a packet
+                flags_col[i] |= L7_SEARCH_MORE
                 continue
         if bi < 0:
             if nfree == 0:
@@ -451,7 +466,7 @@ def _l7(buf, n, verdict, flow, flow_id, dirs, proto, sport, dport, tcp_flags, tc
             if nfree == 0:
                 f_state[s] = _DONE
                 f_flags[s] |= L7_GAVE_UP
-                flags_col[i] = f_flags[s]
+                flags_col[i] = f_flags[s] | L7_SEARCH_END
                 counters[C_POOL_EMPTY] += 1
                 counters[C_GAVE_UP] += 1
                 continue
@@ -473,7 +488,7 @@ def _l7(buf, n, verdict, flow, flow_id, dirs, proto, sport, dport, tcp_flags, tc
         if ok and have > 0:
             used, done = _advance(pool[bi], 0, have, i, s, hint, scratch, name, alpn, a_hi, a_lo,
                                   a_ttl, arena, ent_off, ent_len, ast, app_col, name_col,
-                                  flags_col, f_state, f_stage, f_app, f_name, f_base, f_flags,
+                                  flags_col, qtype_col, f_state, f_stage, f_app, f_name, f_base, f_flags,
                                   f_ver, f_alpn, counters)
             if name_col[i] >= 0:
                 counters[C_REASSEMBLED] += 1
@@ -484,9 +499,10 @@ def _l7(buf, n, verdict, flow, flow_id, dirs, proto, sport, dport, tcp_flags, tc
             f_state[s] = _DONE
             if f_stage[s] == _FIRST:  # limits reached with the name still incomplete
                 f_flags[s] |= L7_GAVE_UP
-                flags_col[i] = f_flags[s]
+                flags_col[i] |= f_flags[s]
                 counters[C_GAVE_UP] += 1
             done = True
+        flags_col[i] |= L7_SEARCH_END if done else L7_SEARCH_MORE
         if done:
             free[nfree] = bi
             nfree += 1
@@ -585,7 +601,8 @@ class L7Table:
         a = self.arena
         self.n_answers, nq, self.nfree = _l7(
             b.buf, n, b.verdict, b.flow, b.flow_id, b.dir, b.proto, b.sport, b.dport, b.tcp_flags,
-            b.tcp_seq, b.payload, b.payload_len, b.ts_ns, b.app, b.name_id, b.l7_flags, rows_fid,
+            b.tcp_seq, b.payload, b.payload_len, b.ts_ns, b.app, b.name_id, b.l7_flags, b.qtype,
+            rows_fid,
             self.fid, self.state, self.stage, self.app, self.name, self.base, self.isn, self.known,
             self.buf, self.segs, self.flags, self.tls_version, self.alpn, self.pool, self.iv_s,
             self.iv_e, self.b_slot, self.b_fid, self.b_ts,
@@ -604,7 +621,9 @@ class L7Table:
         status, ch = self.quic.feed(int(b.flow_id[i]), b.buf[start:start + int(b.payload_len[i])].tobytes())
         if status == quic.NEED_MORE:
             b.app[i] = self.app[s] = APP_QUIC
+            b.l7_flags[i] |= L7_SEARCH_MORE
             return
+        b.l7_flags[i] |= L7_SEARCH_END
         self.quic.forget(int(b.flow_id[i]))
         self.state[s] = _DONE
         if status == quic.NOT_QUIC:  # other UDP 443 traffic (or Google QUIC): no name to read

@@ -2,9 +2,10 @@
 
 Stages run once per batch, never per packet: decap -> parse -> fragment reassembly
 (and parse of what it completed) -> flows -> names (l7) -> decide -> return path;
-replay adds the capture reader in front and the pcap writers behind.  Until the policy layer lands, the
-decision is allow-all.  Every stage's time is accumulated per batch (VPP's `show
-runtime`), so the stats say where the time goes.
+replay adds the capture reader in front and the pcap writers behind.  The decision is
+rules.match over a compiled policy, or allow-all when none is given.  Every stage's
+time is accumulated per batch (VPP's `show runtime`), so the stats say where the time
+goes.
 """
 from __future__ import annotations
 
@@ -25,6 +26,8 @@ from egressd.engine.pcapio import DEFAULT_BATCH_PACKETS, CaptureReader, PcapWrit
 from egressd.engine.reasons import N_REASONS, NAMES, STAGES, Verdict
 from egressd.geneve.decap import decap
 from egressd.geneve.encap import return_inplace
+from egressd.rules.compile import CompiledPolicy
+from egressd.rules.match import PolicyStage
 
 ProgressFn = Callable[[int], None]
 T = TypeVar("T")
@@ -77,11 +80,13 @@ class Pipeline:
     """
 
     def __init__(self, require_gwlb: bool = True, frag: FragConfig | None = None,
-                 flows: FlowConfig | None = None, l7: L7Config | None = None) -> None:
+                 flows: FlowConfig | None = None, l7: L7Config | None = None,
+                 policy: CompiledPolicy | None = None) -> None:
         self.require_gwlb = require_gwlb
         self.frags = FragTable(frag)
         self.flows = FlowTable(flows)
         self.l7 = L7Table(self.flows.config.capacity, l7)
+        self.policy = PolicyStage(policy, self.flows.config.capacity) if policy else None
         self.flow_summary = FlowSummary()
         self.counts = np.zeros(N_REASONS, np.uint64)
         self.stage_ns: dict[str, int] = {}
@@ -105,7 +110,10 @@ class Pipeline:
         self.timed("flows", lambda: (self.flows.track(b),
                                      self.flow_summary.add(self.flows.drain_records())))
         self.timed("names", lambda: self.l7.extract(b, self.flows.slots["flow_id"]))
-        self.timed("decide", lambda: _allow_all(b))
+        if self.policy:
+            self.timed("decide", lambda: self.policy.decide(b, self.flows, self.l7, c))
+        else:
+            self.timed("decide", lambda: _allow_all(b))
         self.timed("return", lambda: return_inplace(b))
 
     def finish(self) -> None:
@@ -134,6 +142,7 @@ class ReplayStats:
     fragments: dict = field(default_factory=dict)
     flows: dict = field(default_factory=dict)
     names: dict = field(default_factory=dict)
+    policy: dict = field(default_factory=dict)
     stage_ns: dict = field(default_factory=dict)
 
     @property
@@ -160,6 +169,7 @@ class ReplayStats:
             "fragments": self.fragments,
             "flows": self.flows,
             "names": self.names,
+            "policy": self.policy,
             "outputs": {"forwarded": self.forwarded_path, "dropped": self.dropped_path,
                         "dropped_not_written": self.dropped_unwritable},
             "batches": self.batches,
@@ -173,7 +183,7 @@ class ReplayStats:
 def replay(inp: str | Path, out: str | Path, dropped: str | Path | None = None,
            require_gwlb: bool = True, batch_packets: int = DEFAULT_BATCH_PACKETS,
            frag: FragConfig | None = None, flows: FlowConfig | None = None,
-           progress: ProgressFn | None = None) -> ReplayStats:
+           policy: CompiledPolicy | None = None, progress: ProgressFn | None = None) -> ReplayStats:
     """Replay capture `inp`; write returned packets to `out` (and drops to `dropped`).
 
     `progress(bytes_read)` is called after every batch.  Raises CaptureError for a
@@ -182,7 +192,7 @@ def replay(inp: str | Path, out: str | Path, dropped: str | Path | None = None,
     """
     stats = ReplayStats(str(inp), str(out), str(dropped) if dropped else None)
     start = time.perf_counter()
-    pipe = Pipeline(require_gwlb, frag, flows)
+    pipe = Pipeline(require_gwlb, frag, flows, policy=policy)
     with CaptureReader(inp, batch_packets=batch_packets, extra_bytes=pipe.extra_bytes) as reader:
         writers = [PcapWriter(out)]
         if dropped:
@@ -218,6 +228,8 @@ def replay(inp: str | Path, out: str | Path, dropped: str | Path | None = None,
     stats.fragments = pipe.frags.counters()
     stats.flows = pipe.flow_summary.to_dict(pipe.flows.counters())
     stats.names = pipe.l7.counters()
+    if pipe.policy:
+        stats.policy = pipe.policy.counters()
     stats.packets_forwarded = writers[0].packets
     stats.bytes_forwarded = writers[0].bytes
     if dropped:

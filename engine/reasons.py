@@ -58,6 +58,17 @@ TABLE: tuple[tuple[str, str, str], ...] = (
     ("frag_header_too_long", "fragment", "IPv6 unfragmentable part longer than egressd keeps"),
     ("frag_table_full", "fragment", "no room to reassemble another datagram (fail closed)"),
     ("ipv6_two_fragment_headers", "inner", "IPv6 packet with more than one fragment header"),
+    ("nacl_deny", "policy", "denied by a network ACL entry or its implicit deny"),
+    ("egress_only", "policy", "IPv6 connection opened from outside home_net (egress-only gateway)"),
+    ("security_group", "policy", "no security group rule allows the connection"),
+    ("dns_firewall_block", "policy", "DNS query blocked by a DNS Firewall rule"),
+    ("stateless_drop", "policy", "dropped by a stateless rule"),
+    ("stateless_default_drop", "policy", "dropped by the stateless default action"),
+    ("stateful_drop", "policy", "dropped by a stateful rule"),
+    ("stateful_reject", "policy", "rejected by a stateful rule"),
+    ("stateful_default_drop", "policy", "dropped by the stateful default action (drop_strict, drop_established)"),
+    ("ech_offered", "policy", "ClientHello offers Encrypted Client Hello and the policy drops it"),
+    ("sni_not_resolved", "policy", "SNI never resolved to the destination address (SNI spoofing, domain fronting)"),
 )
 
 Reason = IntEnum("Reason", [(name.upper(), code) for code, (name, _, _) in enumerate(TABLE)])
