@@ -165,6 +165,13 @@ def _summary(report: dict) -> None:
         f"  dropped   {report['packets_dropped']}" + (f" ({drops})" if drops else "")
         + (f" -> {report['outputs']['dropped']}" if report['outputs']['dropped'] else ""),
     ]
+    pol = report.get("policy")
+    if pol:
+        top = pol["rule_hits"][0] if pol["rule_hits"] else None
+        lines.append(f"  policy: {pol['flows_passed']} flows passed, {pol['flows_dropped']} dropped, "
+                     f"{pol['flows_judged_without_name']} judged without a name, {pol['alerts']} alerts"
+                     + (f"; most hits: {top['layer']} {top['group']} {top['rule']} ({top['hits']})"
+                        if top else ""))
     skipped = report["input"].get("records_skipped")
     if skipped:
         lines.append("  warning: capture ends inside a record; skipped: "

@@ -30,6 +30,19 @@ def cidr(text: str) -> tuple[int, int]:
     return lo, hi
 
 
+V4_MAPPED: Ranges = ((V4_BASE, V4_BASE + 0xFFFFFFFF),)
+
+
+def cidr_set(text: str) -> Ranges:
+    """The addresses of a CIDR as a rule means them: an IPv6 block never covers IPv4
+    (AWS rules and Suricata match each family apart; `::/0` is every IPv6 address),
+    though the mapped form puts IPv4 inside ::ffff:0:0/96."""
+    lo, hi = cidr(text)
+    if ":" in text:
+        return subtract(((lo, hi),), V4_MAPPED, ADDR_MAX)
+    return ((lo, hi),)
+
+
 def normalize(ranges: Iterable[tuple[int, int]]) -> Ranges:
     """Sorted, merged (touching ranges join)."""
     out: list[list[int]] = []
@@ -72,7 +85,7 @@ def intersect(a: Ranges, b: Ranges) -> Ranges:
 
 
 def cidrs(texts: Iterable[str]) -> Ranges:
-    return normalize(cidr(t) for t in texts)
+    return normalize(r for t in texts for r in cidr_set(t))
 
 
 def port_range(text: str | int) -> tuple[int, int]:

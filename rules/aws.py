@@ -302,7 +302,7 @@ def _cidrs(items: list[str], file: str, where: str) -> Ranges:
     out = []
     for i, text in enumerate(items):
         try:
-            out.append(addr.cidr(text))
+            out.extend(addr.cidr_set(text))
         except ValueError as e:
             raise PolicyError(file, f"{where}[{i}]", str(e)) from None
     return addr.normalize(out)

@@ -75,13 +75,15 @@ def parse_domain_list(text: str, file: str) -> DomainSet:
 
 
 def looks_like_domain_list(text: str) -> bool:
-    """Every entry line is a single DNS Firewall domain specification (and there is one)."""
-    found = False
+    """Most entry lines are single DNS Firewall domain specifications: a list with a few
+    bad lines is still a list, so that parse_domain_list names the bad line."""
+    good = bad = 0
     for _, s in _entries(text):
-        if len(s) > MAX_SPEC or not _SPEC.fullmatch(s):
-            return False
-        found = True
-    return found
+        if len(s) <= MAX_SPEC and _SPEC.fullmatch(s):
+            good += 1
+        else:
+            bad += 1
+    return good > 0 and good >= 2 * bad
 
 
 def load_list(text: str, file: str) -> Policy:

@@ -72,7 +72,7 @@ FLOW_DTYPE = np.dtype([
     ("app", np.uint8),
     ("ckey", np.uint8, (2,)),
     ("cverdict", np.uint8, (2,)),
-    ("pad", np.uint8, (8,)),
+    ("calert", np.int32, (2,)),   # cached alert that repeats on every packet, -1 none
 ], align=True)
 assert FLOW_DTYPE.itemsize == 64    # one cache line a flow
 
@@ -186,42 +186,49 @@ def _conds(t, r, app, have, hits, gen):
 
 @njit(cache=True, nogil=True)
 def _stateful(t, r0, r1, proto, s_hi, s_lo, sp, d_hi, d_lo, dp, direction, est, app, l7,
-              have, hits, owners, gen, bt, r_hi, r_lo, now):
+              have, hits, owners, gen, bt, r_hi, r_lo, now, quic_as_tls):
     """Walk the ordered stateful rules: (outcome, rule, catalog id of the rule, catalog
-    id of the first alert).  (r_hi, r_lo) is the connection's responder, for
-    resolved-domain rules."""
+    id of the first alert, whether that alert repeats on every packet: it needs no
+    application data).  (r_hi, r_lo) is the connection's responder, for resolved-domain
+    rules.  `quic_as_tls`: a QUIC flow judged by the TLS rules, which then take it for
+    TLS over an established TCP connection (what their protocol and flow keyword say)."""
     alert = -1
+    repeat = False
     for r in range(r0, r1):
+        ra = t.r_app[r]
+        p_r, est_r = proto, est
+        if quic_as_tls and ra == APP_TLS:
+            p_r, est_r = PROTO_TCP, 1
         fd = t.r_flowdir[r]
         if (fd == 1 and direction != 0) or (fd == 2 and direction != 1):
             continue
         e = t.r_est[r]
-        if (e == 1 and not est) or (e == 2 and est):
+        if (e == 1 and not est_r) or (e == 2 and est_r):
             continue
-        if not _header(t, r, proto, s_hi, s_lo, sp, d_hi, d_lo, dp, 0):
+        if not _header(t, r, p_r, s_hi, s_lo, sp, d_hi, d_lo, dp, 0):
             continue
         rs = t.r_resolved[r]
         if rs >= 0 and not bound(bt, r_hi, r_lo, TAG_SET | np.uint64(rs), now):
             continue
-        ra = t.r_app[r]
-        if ra != 0 or t.r_cond[r, 1] > t.r_cond[r, 0]:
+        needs_app = ra != 0 or t.r_cond[r, 1] > t.r_cond[r, 0]
+        if needs_app:
             if ra != 0 and app != APP_NONE and app != ra:
                 continue
             if l7 == _L7_COLLECT:
-                return _WAIT, r, -1, alert
+                return _WAIT, r, -1, alert, repeat
             if l7 == _L7_NONE or (ra != 0 and app != ra):
                 continue
             if not _conds(t, r, app, have, hits, gen):
                 continue
         cat = owners[t.c_dset[t.r_cond[r, 0]]] if t.r_owned[r] else t.r_catalog[r]
-        if t.r_action[r] == C.A_ALERT:
+        if t.r_action[r] == C.A_ALERT or t.r_also_alert[r]:
             if alert < 0:
                 alert = cat
-            continue
-        if t.r_also_alert[r] and alert < 0:
-            alert = cat
-        return _MATCH, r, cat, alert
-    return _NOMATCH, -1, -1, alert
+                repeat = not needs_app
+            if t.r_action[r] == C.A_ALERT:
+                continue
+        return _MATCH, r, cat, alert, repeat
+    return _NOMATCH, -1, -1, alert, repeat
 
 
 # --- the stage --------------------------------------------------------------------------
@@ -337,6 +344,7 @@ def _decide(n, t, fq, verdict, reason, rule_col, alert_col, flow, flow_id, dirs,
 
         # follow the flow's name progress row by row
         fl = l7f[i]
+        was_ended = f.l7 == _L7_ENDED
         a = app_col[i]
         if a != APP_NONE and a != APP_DNS:
             f.app = APP_TLS if (a == APP_QUIC and quic_tls) else a
@@ -413,12 +421,14 @@ def _decide(n, t, fq, verdict, reason, rule_col, alert_col, flow, flow_id, dirs,
         if f.final == _PASSED:
             verdict[i] = Verdict.PASS
             rule_col[i] = f.rule
+            if f.rule >= 0:
+                hit_counts[f.rule] += 1
             continue
         if icmp_error:  # related to the flow: follows its verdict, judged by its packets
             verdict[i] = Verdict.PASS
             continue
         # ECH: the ClientHello that completes the name tells
-        if fl & L7_ECH and fl & L7_SEARCH_END and t.ech != 0:
+        if fl & L7_ECH and not was_ended and f.l7 == _L7_ENDED and t.ech != 0:
             if t.ech == 2:
                 f.final = _DROPPED
                 f.rule = C.C_ECH
@@ -456,6 +466,9 @@ def _decide(n, t, fq, verdict, reason, rule_col, alert_col, flow, flow_id, dirs,
             rule_col[i] = f.crule[d]
             if rule_col[i] >= 0:
                 hit_counts[rule_col[i]] += 1
+            if f.calert[d] >= 0 and alert_col[i] < 0:
+                alert_col[i] = f.calert[d]
+                counters[K_ALERTS] += 1
             continue
         nid = name_col[i] if is_dns else f.name
         have = nid >= 0
@@ -464,8 +477,10 @@ def _decide(n, t, fq, verdict, reason, rule_col, alert_col, flow, flow_id, dirs,
             cur_name = nid
             have = _name_hits(fq, arena, ent_off, ent_len, ast, nid, hits, owners, gen)
         counters[K_EVALUATIONS] += 1
-        out, r, rcat, al = _stateful(t, s0, s1, pr, sh, sl, sp, dh, dl, dp, d, e, fapp, l7, have,
-                                     hits, owners, gen, bt, rh, rl, ts_ns[i])
+        out, r, rcat, al, repeat = _stateful(t, s0, s1, pr, sh, sl, sp, dh, dl, dp, d, e, fapp, l7,
+                                             have, hits, owners, gen, bt, rh, rl, ts_ns[i],
+                                             quic_tls and pr == PROTO_UDP and fapp == APP_TLS)
+        calert = al if repeat else -1
         if al >= 0 and alert_col[i] < 0:
             alert_col[i] = al
             counters[K_ALERTS] += 1
@@ -494,8 +509,11 @@ def _decide(n, t, fq, verdict, reason, rule_col, alert_col, flow, flow_id, dirs,
                 why = np.uint16(Reason.STATEFUL_DEFAULT_DROP)
                 cat = C.C_STATEFUL_DEFAULT
             elif (dflt & C.D_ALERT_STRICT or (dflt & C.D_ALERT_EST and e)
-                  or (dflt & C.D_ALERT_EST_TO_SERVER and toward)) and alert_col[i] < 0:
-                alert_col[i] = C.C_STATEFUL_DEFAULT
+                  or (dflt & C.D_ALERT_EST_TO_SERVER and toward)):
+                calert = C.C_STATEFUL_DEFAULT
+                if alert_col[i] < 0:
+                    alert_col[i] = calert
+                    counters[K_ALERTS] += 1
         verdict[i] = v
         reason[i] = why
         if v == _DROP:
@@ -503,7 +521,8 @@ def _decide(n, t, fq, verdict, reason, rule_col, alert_col, flow, flow_id, dirs,
         rule_col[i] = cat
         if cat >= 0:
             hit_counts[cat] += 1
-        if final != _OPEN and not is_dns:
+        # a DNS query decided by its own name leaves the flow's next query open
+        if final != _OPEN and not (is_dns and t.r_cond[r, 1] > t.r_cond[r, 0]):
             f.final = final
             f.rule = cat
             f.reason = why
@@ -515,6 +534,7 @@ def _decide(n, t, fq, verdict, reason, rule_col, alert_col, flow, flow_id, dirs,
             f.cverdict[d] = v
             f.creason[d] = why
             f.crule[d] = cat
+            f.calert[d] = calert
     return gen
 
 

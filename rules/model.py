@@ -88,8 +88,8 @@ def _text(v: Any, what: str) -> str:
     return v
 
 
-def _cidr(v: Any) -> tuple[int, int]:
-    return addr.cidr(_text(v, "a CIDR block"))
+def _cidr(v: Any) -> Ranges:
+    return addr.cidr_set(_text(v, "a CIDR block"))
 
 
 def _ports(v: Any) -> tuple[int, int]:
@@ -432,7 +432,7 @@ class _Builder:
             raise self.error(path, f"{full} is not UTF-8 text") from None
 
     def build(self, m: PolicyFile) -> Policy:
-        own = addr.normalize(m.home_net) if m.home_net is not None else None
+        own = addr.normalize(r for net in m.home_net for r in net) if m.home_net is not None else None
         if own is not None:
             self.home_net = own
         pol = Policy(sources=[self.file], home_net=own)
@@ -471,7 +471,7 @@ class _Builder:
                     raise self.error(path + ("rule",), f"rule number {r.rule} is already used "
                                      f"on line {seen[r.rule]}; numbers are unique per direction")
                 seen[r.rule] = self.loc.line(path)
-                net = (r.cidr,)
+                net = r.cidr
                 match = Match(protocols=None if r.protocol is None else frozenset({r.protocol}),
                               dst=net if direction == "outbound" else None,
                               src=net if direction == "inbound" else None,
@@ -484,7 +484,7 @@ class _Builder:
         out = []
         for i, r in enumerate(rules):
             path: FieldPath = ("security_group", direction, i)
-            net = (r.cidr,)
+            net = r.cidr
             match = Match(protocols=None if r.protocol is None else frozenset({r.protocol}),
                           dst=net if direction == "egress" else None,
                           src=net if direction == "ingress" else None,
@@ -594,7 +594,8 @@ class _Builder:
             # an absent list matches everything (AWS: "If not specified, this matches
             # with any ...", API_MatchAttributes)
             match = Match(protocols=frozenset(r.protocols) if r.protocols else None,
-                          src=_union(r.sources), dst=_union(r.destinations),
+                          src=_union([x for net in r.sources or () for x in net]),
+                          dst=_union([x for net in r.destinations or () for x in net]),
                           sport=_union(r.source_ports), dport=_union(r.destination_ports),
                           tcp_flags=flags, tcp_mask=mask)
             rules.append(StatelessRule(r.priority, match, r.action,
@@ -675,6 +676,8 @@ def load(text: str, file: str, home_net: Ranges | None = None) -> Policy:
     try:
         m = PolicyFile.model_validate(data)
     except ValidationError as e:
-        err = e.errors()[0]
+        # a misspelt key also leaves a required one missing: name the misspelling
+        errs = e.errors()
+        err = next((x for x in errs if x["type"] == "extra_forbidden"), errs[0])
         raise builder.error(tuple(err["loc"]), _reason(err)) from None
     return builder.build(m)

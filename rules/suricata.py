@@ -63,7 +63,7 @@ _NO_EFFECT = ("gid", "classtype", "metadata", "reference")
 # request once its headers are in", which is when egressd judges HTTP anyway.
 _HEADER_NAMES_ALWAYS = b"\r\n"
 
-_V4: Ranges = (addr.cidr("0.0.0.0/0"),)
+_V4: Ranges = addr.V4_MAPPED
 _V6: Ranges = addr.complement(_V4, addr.ADDR_MAX)
 _PORT = re.compile(r"\d+|\d+:\d*|:\d+")
 _FIRST_WORD = re.compile(r"^\S+")
@@ -100,11 +100,7 @@ class _Space:
 def _address(text: str) -> Ranges:
     if text.startswith("@"):
         raise ValueError(f"IP set reference {text!r}: resolve it to CIDRs in a variable")
-    lo, hi = addr.cidr(text)
-    if ":" in text:
-        # Suricata's IPv6 blocks never match IPv4 packets, which live in ::ffff:0:0/96 here
-        return addr.subtract(((lo, hi),), _V4, addr.ADDR_MAX)
-    return ((lo, hi),)
+    return addr.cidr_set(text)
 
 
 def _port(text: str) -> Ranges:
