@@ -275,3 +275,29 @@ def test_policy_check_broken_file(tmp_path: Path, case: str) -> None:
     assert len(lines) == 1 and "Traceback" not in res.stderr, res.stderr
     assert lines[0].startswith(f"egressd: error: {path}: {where}"), lines[0]
     assert reason in lines[0], lines[0]
+
+
+def test_bundled_example_policy(tshark: str, tmp_path: Path) -> None:
+    """The README's first command: the sample capture under rules/examples/egress-allowlist.yaml
+    does what the file says.  tshark reads what was dropped: the look-alike mirror's DNS
+    query and its TLS connection from the ClientHello on, nothing else."""
+    out, dropped, stats = tmp_path / "out.pcap", tmp_path / "dropped.pcap", tmp_path / "stats.json"
+    run = egressd("replay", str(PCAPS / "sample-gwlb.pcap"), "--policy",
+                  str(PCAPS.parent / "rules" / "examples" / "egress-allowlist.yaml"),
+                  "--out", str(out), "--dropped", str(dropped), "--stats", str(stats))
+    assert run.returncode == 0, run.stderr
+    report = json.loads(stats.read_text())
+    assert report["drops"] == {"dns_firewall_block": 1, "stateful_drop": 13}
+    rows = subprocess.run([tshark, "-r", str(dropped), "-T", "fields", "-e", "dns.qry.name",
+                           "-e", "tls.handshake.extensions_server_name", "-e", "tcp.srcport",
+                           "-e", "tcp.dstport"], capture_output=True, text=True, check=True).stdout
+    lines = [line.split("\t") for line in rows.splitlines()]
+    assert lines[0][0] == "mirror.example.net"
+    assert lines[1][1] == "mirror.example.net"
+    conn = {lines[1][2], lines[1][3]}
+    assert all({f[2], f[3]} == conn for f in lines[1:])      # one connection, cut at its ClientHello
+    kept = subprocess.run([tshark, "-r", str(out), "-T", "fields",
+                           "-e", "tls.handshake.extensions_server_name", "-e", "http.host"],
+                          capture_output=True, text=True, check=True).stdout
+    assert {n for n in kept.replace("\t", "\n").split() if n} == {
+        "pkgs.example.com", "cdn.example.com", "v6.example.com", "downloads.example.org"}
