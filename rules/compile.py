@@ -22,8 +22,7 @@ from egressd.rules.policy import (DEFAULT_OPTIONS, DomainSet, Match, Options, Or
                                   Policy, Ranges, StatefulRule)
 
 # rule actions (r_action)
-A_NONE, A_PASS, A_DROP, A_REJECT, A_ALERT, A_FORWARD = range(6)
-ACTION_NAMES = ("none", "pass", "drop", "reject", "alert", "forward")
+A_PASS, A_DROP, A_REJECT, A_ALERT, A_FORWARD = range(1, 6)
 _STATEFUL_ACTION = {"pass": A_PASS, "drop": A_DROP, "reject": A_REJECT, "alert": A_ALERT}
 _STATELESS_ACTION = {"pass": A_PASS, "drop": A_DROP, "forward": A_FORWARD}
 _DNS_ACTION = {"allow": A_PASS, "block": A_DROP, "alert": A_ALERT}
