@@ -13,6 +13,9 @@ import numpy as np
 
 from egressd.engine.reasons import NAMES, Reason, Verdict
 
+# what a row asks of engine.actions beyond its verdict (column `action`, set by rules.match)
+ACT_NONE, ACT_REJECT, ACT_DNS_NODATA, ACT_DNS_NXDOMAIN, ACT_DNS_OVERRIDE = range(5)
+
 # name -> dtype.  Offsets inside a frame (l3, geneve, inner) are relative to `off`.
 COLUMNS: dict[str, type] = {
     # filled by the capture reader (or socket receive)
@@ -78,6 +81,7 @@ COLUMNS: dict[str, type] = {
     # filled by rules.match
     "rule": np.int32,         # policy catalog id of the rule that decided, -1 none
     "alert": np.int32,        # policy catalog id of an alert raised on the row, -1 none
+    "action": np.uint8,       # ACT_*: a reject to send, a DNS answer to make (on dropped rows)
     # verdict of the pipeline
     "verdict": np.uint8,      # Verdict
     "reason": np.uint16,      # Reason of a drop

@@ -17,7 +17,9 @@ from typing import TypeVar
 
 import numpy as np
 
+from egressd.engine.actions import Actions
 from egressd.engine.batch import PacketBatch
+from egressd.engine.eve import EVE_TYPES, EveWriter
 from egressd.engine.flows import END_NAMES, STATE_NAMES, FlowConfig, FlowTable
 from egressd.engine.frag import FragConfig, FragTable
 from egressd.engine.l7 import L7Config, L7Table
@@ -87,6 +89,9 @@ class Pipeline:
         self.flows = FlowTable(flows)
         self.l7 = L7Table(self.flows.config.capacity, l7)
         self.policy = PolicyStage(policy, self.flows.config.capacity) if policy else None
+        self.actions = Actions(policy) if policy else None
+        self.created: PacketBatch | None = None   # packets the last batch made egressd send
+        self.eve: EveWriter | None = None
         self.flow_summary = FlowSummary()
         self.counts = np.zeros(N_REASONS, np.uint64)
         self.stage_ns: dict[str, int] = {}
@@ -107,19 +112,27 @@ class Pipeline:
         self.timed("decap", lambda: decap(b, c, self.require_gwlb))
         self.timed("parse", lambda: parse(b, c))
         self.timed("reassemble", lambda: (self.frags.reassemble(b, base, c), reparse(b, c)))
-        self.timed("flows", lambda: (self.flows.track(b),
-                                     self.flow_summary.add(self.flows.drain_records())))
+        self.timed("flows", lambda: (self.flows.track(b), self._ended(self.flows.drain_records())))
         self.timed("names", lambda: self.l7.extract(b, self.flows.slots["flow_id"]))
         if self.policy:
             self.timed("decide", lambda: self.policy.decide(b, self.flows, self.l7, c))
+            self.created = self.timed("act", lambda: self.actions.run(b))
         else:
             self.timed("decide", lambda: _allow_all(b))
-        self.timed("return", lambda: return_inplace(b))
+        self.timed("return", lambda: (return_inplace(b),
+                                      self.created is not None and return_inplace(self.created)))
+        if self.eve:
+            self.timed("eve", lambda: self.eve.batch(b))
+
+    def _ended(self, recs: np.ndarray) -> None:
+        self.flow_summary.add(recs)
+        if self.eve:
+            self.eve.flows(recs)
 
     def finish(self) -> None:
         """End every flow still open (the end of a capture, or a shutdown)."""
         for recs in self.flows.flush():
-            self.flow_summary.add(recs)
+            self._ended(recs)
 
 
 @dataclass
@@ -183,7 +196,9 @@ class ReplayStats:
 def replay(inp: str | Path, out: str | Path, dropped: str | Path | None = None,
            require_gwlb: bool = True, batch_packets: int = DEFAULT_BATCH_PACKETS,
            frag: FragConfig | None = None, flows: FlowConfig | None = None,
-           policy: CompiledPolicy | None = None, progress: ProgressFn | None = None) -> ReplayStats:
+           policy: CompiledPolicy | None = None, eve: str | Path | None = None,
+           eve_types: frozenset[str] | None = None,
+           progress: ProgressFn | None = None) -> ReplayStats:
     """Replay capture `inp`; write returned packets to `out` (and drops to `dropped`).
 
     `progress(bytes_read)` is called after every batch.  Raises CaptureError for a
@@ -193,6 +208,8 @@ def replay(inp: str | Path, out: str | Path, dropped: str | Path | None = None,
     stats = ReplayStats(str(inp), str(out), str(dropped) if dropped else None)
     start = time.perf_counter()
     pipe = Pipeline(require_gwlb, frag, flows, policy=policy)
+    if eve:
+        pipe.eve = EveWriter(eve, eve_types or EVE_TYPES, pipe)
     with CaptureReader(inp, batch_packets=batch_packets, extra_bytes=pipe.extra_bytes) as reader:
         writers = [PcapWriter(out)]
         if dropped:
@@ -206,6 +223,8 @@ def replay(inp: str | Path, out: str | Path, dropped: str | Path | None = None,
                 pipe.process(b, reader.extra_base)
                 pipe.timed("write", lambda: [w.write(b, want) for w, want in
                                              zip(writers, (Verdict.PASS, Verdict.DROP))])
+                if pipe.created is not None:  # after the batch, stamped like what caused them
+                    pipe.timed("write", lambda: writers[0].write(pipe.created, Verdict.PASS))
                 n = b.n
                 caplen = b.caplen[:n]
                 stats.packets_in += n
@@ -217,10 +236,14 @@ def replay(inp: str | Path, out: str | Path, dropped: str | Path | None = None,
         except BaseException:
             for w in writers:
                 w.abort()
+            if pipe.eve:
+                pipe.eve.abort()
             raise
         pipe.finish()
         for w in writers:
             w.commit()
+        if pipe.eve:
+            pipe.eve.commit()
         stats.capture = {"format": reader.format, "linktypes": reader.linktypes,
                          "size": reader.size, "records_skipped": dict(reader.records_skipped)}
     stats.reason_counts = pipe.counts
@@ -229,7 +252,7 @@ def replay(inp: str | Path, out: str | Path, dropped: str | Path | None = None,
     stats.flows = pipe.flow_summary.to_dict(pipe.flows.counters())
     stats.names = pipe.l7.counters()
     if pipe.policy:
-        stats.policy = pipe.policy.counters()
+        stats.policy = {**pipe.policy.counters(), "created": pipe.actions.counters()}
     stats.packets_forwarded = writers[0].packets
     stats.bytes_forwarded = writers[0].bytes
     if dropped:

@@ -91,6 +91,10 @@ class Tables(NamedTuple):
     r_catalog: np.ndarray
     r_owned: np.ndarray       # 1: the rule row folds several rules; its set's owners say which
     r_also_alert: np.ndarray  # 1: a pass/drop rule that also logs (Suricata `alert` keyword)
+    ov_off: np.ndarray        # per catalog id: DNS Firewall OVERRIDE name (wire form) in ov_blob,
+    ov_len: np.ndarray        # its length (0: none) and TTL
+    ov_ttl: np.ndarray
+    ov_blob: np.ndarray
     c_buffer: np.ndarray      # conditions: BUF_*, domain set, negated
     c_dset: np.ndarray
     c_neg: np.ndarray
@@ -309,6 +313,29 @@ def compile_policy(p: Policy) -> CompiledPolicy:
     return cp
 
 
+def _wire_name(name: str) -> bytes:
+    """A domain name in DNS wire form (length-prefixed labels, root byte)."""
+    out = b"".join(bytes([len(label)]) + label.encode("ascii")
+                   for label in name.rstrip(".").split(".") if label)
+    return out + b"\0"
+
+
+def _overrides(catalog: list[Origin], p: Policy) -> dict[str, np.ndarray]:
+    """The OVERRIDE answer of each DNS Firewall rule, by catalog id."""
+    n = len(catalog)
+    off, length, ttl = np.zeros(n, np.int64), np.zeros(n, np.int64), np.zeros(n, np.int64)
+    blob = bytearray()
+    by_origin = {r.origin: r for r in p.dns_firewall if r.response == "override"}
+    for k, o in enumerate(catalog):
+        r = by_origin.get(o)
+        if r is not None:
+            w = _wire_name(r.override_name)
+            off[k], length[k], ttl[k] = len(blob), len(w), r.override_ttl
+            blob += w
+    return {"ov_off": off, "ov_len": length, "ov_ttl": ttl,
+            "ov_blob": np.frombuffer(bytes(blob) or b"\0", np.uint8).copy()}
+
+
 def _qtypes(b: _Builder, qtypes: frozenset[int] | None) -> tuple[int, int]:
     start = len(b.qtypes)
     b.qtypes.extend(sorted(qtypes or ()))
@@ -356,6 +383,7 @@ def _tables(b: _Builder, home_id: int, layers: list[tuple[int, int]], flags: int
         c_dset=np.array([c[1] for c in b.conds], np.int64),
         c_neg=np.array([c[2] for c in b.conds], np.uint8),
         layer=np.array(layers, np.int64),
+        **_overrides(b.catalog, p),
         flags=flags, defaults=defaults,
         stateless_default=_STATELESS_ACTION[p.stateless_default or "forward"],
         stateless_frag_default=_STATELESS_ACTION[p.stateless_fragment_default or "forward"],

@@ -31,7 +31,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from egressd.engine.batch import PacketBatch
+from egressd.engine.batch import ACT_DNS_NODATA, ACT_NONE, ACT_REJECT, PacketBatch
 from egressd.engine.l7 import (APP_DNS, APP_HTTP, APP_NONE, APP_QUIC, APP_TLS, L7_ECH,
                                L7_SEARCH_END, L7_SEARCH_MORE, L7Table, _arena_valid)
 from egressd.engine.flows import FlowTable, _prefetch
@@ -234,7 +234,7 @@ def _stateful(t, r0, r1, proto, s_hi, s_lo, sp, d_hi, d_lo, dp, direction, est, 
 # --- the stage --------------------------------------------------------------------------
 
 @njit(cache=True, nogil=True)
-def _decide(n, t, fq, verdict, reason, rule_col, alert_col, flow, flow_id, dirs, est_col, pflags,
+def _decide(n, t, fq, verdict, reason, rule_col, alert_col, action, flow, flow_id, dirs, est_col, pflags,
             proto_col, src_hi, src_lo, dst_hi, dst_lo, sport, dport, tcp_flags, ipver,
             payload_len, app_col, name_col, l7f, qtype, ts_ns, slots, fp, arena, ent_off, ent_len, ast,
             hits, owners, gen0, hit_counts, counters, reason_counts, bt, learn, resolved_sets, ttl_max_ns,
@@ -268,6 +268,7 @@ def _decide(n, t, fq, verdict, reason, rule_col, alert_col, flow, flow_id, dirs,
             _prefetch(fp, flow[i + _AHEAD])
         rule_col[i] = -1
         alert_col[i] = -1
+        action[i] = ACT_NONE
         if verdict[i] != Verdict.PENDING:
             continue
         pr = proto_col[i]
@@ -310,7 +311,8 @@ def _decide(n, t, fq, verdict, reason, rule_col, alert_col, flow, flow_id, dirs,
                 elif t.r_action[r] == C.A_DROP:
                     denied = t.r_catalog[r]
             if denied >= 0:
-                _drop(i, verdict, reason, rule_col, Reason.NACL_DENY, denied, hit_counts, reason_counts)
+                _drop(i, verdict, reason, rule_col, Reason.NACL_DENY, denied, hit_counts,
+                      reason_counts)
                 continue
 
         # the connection's initiator -> responder view (rows from the responder swapped)
@@ -338,8 +340,7 @@ def _decide(n, t, fq, verdict, reason, rule_col, alert_col, flow, flow_id, dirs,
                 counters[K_FLOWS_DROPPED] += 1
 
         if f.final == _DROPPED:
-            _drop(i, verdict, reason, rule_col, f.reason, f.rule, hit_counts,
-                      reason_counts)
+            _drop(i, verdict, reason, rule_col, f.reason, f.rule, hit_counts, reason_counts)
             continue
 
         # follow the flow's name progress row by row
@@ -389,8 +390,8 @@ def _decide(n, t, fq, verdict, reason, rule_col, alert_col, flow, flow_id, dirs,
                     continue
                 if act == C.A_DROP:
                     _drop(i, verdict, reason, rule_col, Reason.DNS_FIREWALL_BLOCK, t.r_catalog[r],
-                          hit_counts,
-                      reason_counts)
+                          hit_counts, reason_counts)
+                    action[i] = ACT_DNS_NODATA + t.r_aux[r]  # DNS_RESPONSES order
                     blocked = True
                 break
             if blocked:
@@ -408,8 +409,7 @@ def _decide(n, t, fq, verdict, reason, rule_col, alert_col, flow, flow_id, dirs,
                 cat = C.C_STATELESS_FRAG_DEFAULT if fragment else C.C_STATELESS_DEFAULT
                 why = Reason.STATELESS_DEFAULT_DROP
             if act == C.A_DROP:
-                _drop(i, verdict, reason, rule_col, why, cat, hit_counts,
-                      reason_counts)
+                _drop(i, verdict, reason, rule_col, why, cat, hit_counts, reason_counts)
                 continue
             if act == C.A_PASS:
                 verdict[i] = Verdict.PASS
@@ -497,6 +497,8 @@ def _decide(n, t, fq, verdict, reason, rule_col, alert_col, flow, flow_id, dirs,
                 final = _DROPPED
                 v = _DROP
                 why = np.uint16(Reason.STATEFUL_REJECT if act == C.A_REJECT else Reason.STATEFUL_DROP)
+                if act == C.A_REJECT:
+                    action[i] = ACT_REJECT
         elif out == _WAIT:
             counters[K_WAITED] += 1
         elif strict:
@@ -596,7 +598,7 @@ class PolicyStage:
         a = l7.arena
         self.gen = int(_decide(
             b.n, self.policy.tables, self.policy.names.arrays(), b.verdict, b.reason, b.rule,
-            b.alert, b.flow, b.flow_id, b.dir, b.est, b.pflags, b.proto, b.src_hi, b.src_lo,
+            b.alert, b.action, b.flow, b.flow_id, b.dir, b.est, b.pflags, b.proto, b.src_hi, b.src_lo,
             b.dst_hi, b.dst_lo, b.sport, b.dport, b.tcp_flags, b.ipver, b.payload_len, b.app,
             b.name_id, b.l7_flags, b.qtype, b.ts_ns, flows.slots, self.state, a.bytes, a.off, a.len, a.state,
             self.hits, self.owners, self.gen, self.rule_hits, self.counters_, counts, self.bindings, self.learn,
