@@ -23,33 +23,9 @@ import numpy as np
 from numba import njit
 
 from egressd.engine import tls
+from egressd.flowspec import client_context, ssl_client_hello
 
 ALPN_CHOICES = (None, ["h2", "http/1.1"], ["http/1.1"], ["h2"])
-
-
-def _context(alpn: list[str] | None, tls12: bool) -> ssl.SSLContext:
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.check_hostname = False          # no server: nothing to verify, names may be IPs
-    ctx.verify_mode = ssl.CERT_NONE
-    if tls12:
-        ctx.maximum_version = ssl.TLSVersion.TLSv1_2
-    if alpn:
-        ctx.set_alpn_protocols(alpn)
-    return ctx
-
-
-def ssl_client_hello(host: str | None, alpn: list[str] | None = None, tls12: bool = False,
-                     ctx: ssl.SSLContext | None = None) -> bytes:
-    """The first bytes Python's ssl (OpenSSL) sends as a client: its ClientHello record(s).
-    `host` is the server_hostname (OpenSSL leaves an IP address or None out of SNI)."""
-    ctx = ctx or _context(alpn, tls12)
-    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-    conn = ctx.wrap_bio(incoming, outgoing, server_hostname=host)
-    try:
-        conn.do_handshake()
-    except ssl.SSLWantReadError:  # waiting for a ServerHello that never comes
-        pass
-    return outgoing.read()
 
 
 def random_name(rng: np.random.Generator) -> str:
@@ -63,7 +39,7 @@ def random_name(rng: np.random.Generator) -> str:
 def generate(count: int, seed: int = 0) -> tuple[list[bytes], list[int]]:
     """`count` ClientHellos and the length of the name each carries."""
     rng = np.random.default_rng(seed)
-    contexts = {(k, tls12): _context(alpn, tls12) for k, alpn in enumerate(ALPN_CHOICES)
+    contexts = {(k, tls12): client_context(alpn, tls12) for k, alpn in enumerate(ALPN_CHOICES)
                 for tls12 in (False, True)}
     hellos, names = [], []
     for _ in range(count):

@@ -30,6 +30,7 @@ from egressd.geneve.decap import decap
 from egressd.geneve.encap import return_inplace
 from egressd.rules.compile import CompiledPolicy
 from egressd.rules.match import PolicyStage
+from egressd.rules.policy import Origin
 
 ProgressFn = Callable[[int], None]
 T = TypeVar("T")
@@ -135,6 +136,26 @@ class Pipeline:
             self._ended(recs)
 
 
+# The layer each policy drop reason belongs to (the Origin.layer of the rules that give
+# it): the stats count drops by layer, policy reasons by theirs, the others by stage.
+REASON_LAYER: dict[str, str] = {
+    "nacl_deny": "nacl", "egress_only": "egress_only", "security_group": "security_group",
+    "dns_firewall_block": "dns_firewall", "stateless_drop": "stateless",
+    "stateless_default_drop": "stateless", "stateful_drop": "stateful",
+    "stateful_reject": "stateful", "stateful_default_drop": "stateful",
+    "ech_offered": "engine", "sni_not_resolved": "engine"}
+assert set(REASON_LAYER) == {n for n, s in zip(NAMES, STAGES) if s == "policy"}, \
+    "a policy reason without a layer"
+
+
+def layer_of(reason: int) -> str:
+    """The layer a drop reason is counted under: its policy layer, else its stage."""
+    return REASON_LAYER.get(NAMES[reason], STAGES[reason])
+
+
+TOP_RULES = 20
+
+
 @dataclass
 class ReplayStats:
     """What a replay did; `to_dict()` is the stats JSON."""
@@ -157,17 +178,33 @@ class ReplayStats:
     names: dict = field(default_factory=dict)
     policy: dict = field(default_factory=dict)
     stage_ns: dict = field(default_factory=dict)
+    rule_hits: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint64))  # per catalog id
+    catalog: list[Origin] = field(default_factory=list)
 
     @property
     def packets_dropped(self) -> int:
         return int(self.reason_counts[1:].sum())
 
+    def top_rules(self, k: int = TOP_RULES) -> list[dict]:
+        """The `k` rules with the most hits (packets they decided), most first, with
+        where each was written."""
+        hits = self.rule_hits.astype(np.int64)
+        out = []
+        for j in np.argsort(-hits, kind="stable")[:k]:
+            if hits[j]:
+                o = self.catalog[j]
+                out.append({"layer": o.layer, "group": o.group, "rule": o.ident, "hits": int(hits[j]),
+                            "file": o.file, "line": o.line, "text": o.text})
+        return out
+
     def to_dict(self) -> dict:
         drops = {NAMES[r]: int(c) for r, c in enumerate(self.reason_counts) if r and c}
         by_stage: dict[str, int] = {}
+        by_layer: dict[str, int] = {}
         for r, c in enumerate(self.reason_counts):
             if r and c:
                 by_stage[STAGES[r]] = by_stage.get(STAGES[r], 0) + int(c)
+                by_layer[layer_of(r)] = by_layer.get(layer_of(r), 0) + int(c)
         per_packet = max(self.packets_in, 1)
         return {
             "input": {"path": self.input, **self.capture},
@@ -179,10 +216,12 @@ class ReplayStats:
             "bytes_dropped": self.bytes_dropped,
             "drops": drops,
             "drops_by_stage": by_stage,
+            "drops_by_layer": by_layer,
             "fragments": self.fragments,
             "flows": self.flows,
             "names": self.names,
             "policy": self.policy,
+            "top_rules": self.top_rules(),
             "outputs": {"forwarded": self.forwarded_path, "dropped": self.dropped_path,
                         "dropped_not_written": self.dropped_unwritable},
             "batches": self.batches,
@@ -208,12 +247,12 @@ def replay(inp: str | Path, out: str | Path, dropped: str | Path | None = None,
     stats = ReplayStats(str(inp), str(out), str(dropped) if dropped else None)
     start = time.perf_counter()
     pipe = Pipeline(require_gwlb, frag, flows, policy=policy)
-    if eve:
-        pipe.eve = EveWriter(eve, eve_types or EVE_TYPES, pipe)
     with CaptureReader(inp, batch_packets=batch_packets, extra_bytes=pipe.extra_bytes) as reader:
         writers = [PcapWriter(out)]
         if dropped:
             writers.append(PcapWriter(dropped))
+        if eve:
+            pipe.eve = EveWriter(eve, EVE_TYPES if eve_types is None else eve_types, pipe)
         batches = iter(reader)
         try:
             while True:
@@ -233,17 +272,17 @@ def replay(inp: str | Path, out: str | Path, dropped: str | Path | None = None,
                 stats.batches += 1
                 if progress:
                     progress(reader.offset)
+            pipe.finish()   # the last flow events: the log is complete before anything commits
+            if pipe.eve:
+                pipe.eve.commit()
         except BaseException:
             for w in writers:
                 w.abort()
             if pipe.eve:
                 pipe.eve.abort()
             raise
-        pipe.finish()
         for w in writers:
             w.commit()
-        if pipe.eve:
-            pipe.eve.commit()
         stats.capture = {"format": reader.format, "linktypes": reader.linktypes,
                          "size": reader.size, "records_skipped": dict(reader.records_skipped)}
     stats.reason_counts = pipe.counts
@@ -253,6 +292,7 @@ def replay(inp: str | Path, out: str | Path, dropped: str | Path | None = None,
     stats.names = pipe.l7.counters()
     if pipe.policy:
         stats.policy = {**pipe.policy.counters(), "created": pipe.actions.counters()}
+        stats.rule_hits, stats.catalog = pipe.policy.rule_hits, pipe.policy.policy.catalog
     stats.packets_forwarded = writers[0].packets
     stats.bytes_forwarded = writers[0].bytes
     if dropped:

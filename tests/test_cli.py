@@ -123,10 +123,12 @@ def test_stats_and_quiet_summary(tmp_path: Path) -> None:
     # --no-progress: nothing but the summary, all on stderr
     assert res.stdout == ""
     lines = res.stderr.splitlines()
-    assert re.fullmatch(rf"egressd: {len(recs)} packets \(\d+ bytes\) in [\d.]+ s", lines[0])
-    assert lines[1] == f"  forwarded {s['packets_forwarded']} -> {out}"
-    assert lines[2].startswith(f"  dropped   {s['packets_dropped']}")
-    assert len(lines) == 3
+    assert re.fullmatch(rf"egressd: {len(recs)} packets \(\d+ bytes\) in [\d.]+ s: forwarded "
+                        rf"{s['packets_forwarded']}, dropped {s['packets_dropped']}", lines[0])
+    assert re.fullmatch(rf"  forwarded +{s['packets_forwarded']} +{s['bytes_forwarded']} +{out}",
+                        lines[lines.index("traffic:") + 3])
+    assert re.fullmatch(rf"  dropped +{s['packets_dropped']} +{s['bytes_dropped']}", lines[lines.index("traffic:") + 4])
+    assert [line for line in lines if not line.startswith("  ")] == [lines[0], "traffic:", "flows:"]
 
 
 def test_out_dev_null(tmp_path: Path) -> None:

@@ -193,7 +193,7 @@ def test_routes_agree(replays: dict[str, Replay]) -> None:
     for r in replays.values():
         s = r.stats
         assert f"forwarded {s['packets_forwarded']}" in r.res.stderr
-        assert f"dropped   {s['packets_dropped']}" in r.res.stderr
+        assert f"dropped {s['packets_dropped']}" in r.res.stderr
 
 
 # --- egressd policy check ----------------------------------------------------------------------
