@@ -382,6 +382,18 @@ def alert_fields(origin: Origin) -> dict:
             "signature": sig, "category": category, "severity": severity, "metadata": meta}
 
 
+
+def _five_tuple(ev: dict, src: str, dst: str, proto: int, sport: int, dport: int) -> None:
+    """src_ip, src_port, dest_ip, dest_port, proto in EVE's key order (ports only where
+    the protocol has them)."""
+    ev["src_ip"] = src
+    if proto in _PORTED:
+        ev["src_port"] = sport
+    ev["dest_ip"] = dst
+    if proto in _PORTED:
+        ev["dest_port"] = dport
+    ev["proto"] = _PROTO.get(proto, str(proto))
+
 class EveWriter:
     """EVE lines of a pipeline (`pipe`: engine.pipeline.Pipeline) into `path`.
 
@@ -526,14 +538,8 @@ class EveWriter:
                 nid = f_name[j]
             ev: dict = {"timestamp": times[j],
                         "flow_id": flow_id,   # every listed row has a flow (l7 and decide need one)
-                        "event_type": "alert" if kind <= K_ALLOWED else ("tls", "http", "dns")[kind - K_TLS],
-                        "src_ip": src[j]}
-            if proto in _PORTED:
-                ev["src_port"] = sport
-            ev["dest_ip"] = dst[j]
-            if proto in _PORTED:
-                ev["dest_port"] = dport
-            ev["proto"] = _PROTO.get(proto, str(proto))
+                        "event_type": "alert" if kind <= K_ALLOWED else ("tls", "http", "dns")[kind - K_TLS]}
+            _five_tuple(ev, src[j], dst[j], proto, sport, dport)
             if proto in _ICMP:
                 ev["icmp_type"], ev["icmp_code"] = itype, icode
             if app != APP_NONE:
@@ -622,13 +628,8 @@ class EveWriter:
         out = []
         for j, (flow_id, proto, sport, dport, t0, t1, p_ts, p_tc, b_ts, b_tc, state, flags, reason,
                 verdict, blocked, raised, written, a) in enumerate(zip(*cols)):
-            ev: dict = {"timestamp": ends[j], "flow_id": flow_id, "event_type": "flow", "src_ip": src[j]}
-            if proto in _PORTED:
-                ev["src_port"] = sport
-            ev["dest_ip"] = dst[j]
-            if proto in _PORTED:
-                ev["dest_port"] = dport
-            ev["proto"] = _PROTO.get(proto, str(proto))
+            ev: dict = {"timestamp": ends[j], "flow_id": flow_id, "event_type": "flow"}
+            _five_tuple(ev, src[j], dst[j], proto, sport, dport)
             if a != APP_NONE:
                 ev["app_proto"] = APP_NAMES[a]
             if proto == 6:
