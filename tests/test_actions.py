@@ -95,7 +95,7 @@ network_firewall:
 RCODE = {"nxdomain": dns.rcode.NXDOMAIN, "nodata": dns.rcode.NOERROR, "override": dns.rcode.NOERROR}
 # tshark's expert severity of an error (PI_ERROR) and its checksum statuses
 SEVERITY_ERROR = 0x00800000
-CHECKSUM_GOOD, CHECKSUM_NOT_PRESENT = "1", "3"
+CHECKSUM_BAD, CHECKSUM_GOOD, CHECKSUM_NOT_PRESENT, CHECKSUM_ILLEGAL = "0", "1", "3", "4"
 CHECKSUM_PREFS = ("ip.check_checksum:TRUE", "tcp.check_checksum:TRUE", "udp.check_checksum:TRUE")
 
 
@@ -139,46 +139,46 @@ def flows() -> list[Flow]:
     for v6 in (False, True):
         client, server = (CLIENT6, SERVER6) if v6 else (CLIENT, SERVER)
         resolver, pinged = (RESOLVER6, PINGED6) if v6 else (RESOLVER, PINGED)
+        v = "v6" if v6 else "v4"
         port = 41000 + 100 * v6
         # a REJECTLIST name in a ClientHello split in two: the second segment completes it
         c = Tcp(port, 443, client, server)
         ch = hello("www.rejected.example")
-        out.append(Flow(f"tls reject v{6 if v6 else 4}", c.handshake() + [c.data(0, ch[:150]), c.data(150, ch[150:])],
-                        4, "rst", dict(vlan=v6, udp_zero=v6)))
+        segments = [c.data(0, ch[:150]), c.data(150, ch[150:])]
+        out.append(Flow(f"tls reject {v}", c.handshake() + segments, 4, "rst", {"vlan": v6, "udp_zero": v6}))
         # a SYN a 5-tuple rule rejects: no ACK to take the reset's sequence number from
         c = Tcp(port + 1, 23, client, server)
-        out.append(Flow(f"telnet syn v{6 if v6 else 4}", c.handshake()[:1], 0, "rst",
-                        dict(ip_options=not v6, extra_option=v6)))
+        out.append(Flow(f"telnet syn {v}", c.handshake()[:1], 0, "rst",
+                        {"ip_options": not v6, "extra_option": v6}))
         # the server's reply rejected (flow:to_client): the resets go the other way round
         c = Tcp(port + 2, 8443, client, server)
         reply = c._seg(False, SERVER_ISN + 1, c.isn + 1 + 5, "PA", b"world")   # acknowledging "hello"
-        out.append(Flow(f"server reply v{6 if v6 else 4}", c.handshake() + [c.data(0, b"hello"), reply],
-                        4, "rst", dict(udp_zero=not v6, other_endpoint=True)))
+        out.append(Flow(f"server reply {v}", c.handshake() + [c.data(0, b"hello"), reply], 4, "rst",
+                        {"udp_zero": not v6, "other_endpoint": True}))
         # UDP rejected: ICMP unreachable quoting it (IPv4 with options; IPv6 too long to quote whole)
-        payload = bytes(range(256)) * (8 if v6 else 1)
-        out.append(Flow(f"udp reject v{6 if v6 else 4}",
-                        [bytes((ip(client, server) if v6 else IP(src=client, dst=server, options=[IPOption_Router_Alert()]))
-                               / UDP(sport=port + 3, dport=9999) / payload)], 0, "icmp", dict(vlan=not v6)))
+        head = ip(client, server) if v6 else IP(src=client, dst=server, options=[IPOption_Router_Alert()])
+        udp = head / UDP(sport=port + 3, dport=9999) / (bytes(range(256)) * (8 if v6 else 1))
+        out.append(Flow(f"udp reject {v}", [bytes(udp)], 0, "icmp", {"vlan": not v6}))
         echo = (IPv6(src=client, dst=pinged) / ICMPv6EchoRequest(id=7, seq=1, data=b"x" * 40) if v6
                 else IP(src=client, dst=pinged) / ICMP(type=8, id=7, seq=1) / (b"x" * 40))
-        out.append(Flow(f"ping reject v{6 if v6 else 4}", [bytes(echo)], 0, "icmp", dict(extra_option=True)))
+        out.append(Flow(f"ping reject {v}", [bytes(echo)], 0, "icmp", {"extra_option": True}))
         # to a multicast group: no ICMP error (RFC 1122 3.2.2); counted
         group = "ff02::fb" if v6 else "224.0.0.251"
-        out.append(Flow(f"multicast v{6 if v6 else 4}", [bytes(ip(client, group) / UDP(sport=5353, dport=5353) / b"m")]))
+        out.append(Flow(f"multicast {v}", [bytes(ip(client, group) / UDP(sport=5353, dport=5353) / b"m")]))
         # DNS Firewall BLOCK answers
         if v6:
-            out.append(Flow("nodata AAAA v6 EDNS CD", [dns_query("nodata.example", client, resolver, port + 4, "AAAA",
-                                                                 edns=True, cd=True)], 0, "nodata"))
-            out.append(Flow("override v6", [dns_query("a.b.ovr.example", client, resolver, port + 5, "A")], 0,
-                            "override", dict(ip_options=True, extra_option=True)))
+            q = dns_query("nodata.example", client, resolver, port + 4, "AAAA", edns=True, cd=True)
+            out.append(Flow("nodata AAAA v6 EDNS CD", [q], 0, "nodata"))
+            q = dns_query("a.b.ovr.example", client, resolver, port + 5)
+            out.append(Flow("override v6", [q], 0, "override", {"ip_options": True, "extra_option": True}))
             c = Tcp(port + 6, 80, client, server)
             req = b"GET / HTTP/1.1\r\nHost: files.rejected.example\r\nAccept: */*\r\n\r\n"
             out.append(Flow("http reject v6", c.handshake() + [c.data(0, req)], 3, "rst"))
         else:
-            out.append(Flow("nxdomain v4", [dns_query("nx.example", client, resolver, port + 4)], 0, "nxdomain"))
-            out.append(Flow("override v4 TXT mixed case", [dns_query("WwW.Ovr.Example", client, resolver, port + 5,
-                                                                     "TXT", edns=True)], 0, "override",
-                            dict(vlan=True, udp_zero=True)))
+            q = dns_query("nx.example", client, resolver, port + 4)
+            out.append(Flow("nxdomain v4", [q], 0, "nxdomain"))
+            q = dns_query("WwW.Ovr.Example", client, resolver, port + 5, "TXT", edns=True)
+            out.append(Flow("override v4 TXT mixed case", [q], 0, "override", {"vlan": True, "udp_zero": True}))
             out.append(Flow("allowed v4", [dns_query("ok.example", client, resolver, port + 6)]))
             # DNS over TCP blocked by name: no answer (counted)
             c = Tcp(port + 7, 53, client, resolver)
@@ -330,6 +330,8 @@ def test_tshark_reads_every_created_packet(run: Run, tshark: str) -> None:
         assert messages == (["Connection reset (RST)"] if p.kind.startswith("rst") else []), what
         assert "tcp.analysis.flags" not in f, what   # lost segment, out of order, zero window, ...
         # outer IPv4 and UDP, then the inner packet: every checksum tshark checks is good
+        statuses = {v for k, vals in f.items() if k.endswith("checksum.status") for v, _ in vals}
+        assert not statuses & {CHECKSUM_BAD, CHECKSUM_ILLEGAL}, what
         ip_status = [s for s, _ in f["ip.checksum.status"]]
         udp_status = [s for s, _ in f["udp.checksum.status"]]
         outer_udp = CHECKSUM_NOT_PRESENT if p.flow.frame.get("udp_zero") else CHECKSUM_GOOD
@@ -519,8 +521,10 @@ def hostile_capture(path: Path) -> tuple[Path, list[bytes]]:
     """DNS queries DNS Firewall blocks (v4, v6), a TCP connection, UDP to a rejected port,
     an ICMP error, a UDP payload with a name over 255 octets."""
     c = Tcp(43000, 443)
-    err = IP(src=SERVER, dst=CLIENT) / ICMP(type=3, code=3) / IP(src=CLIENT, dst=SERVER) / UDP(sport=5, dport=9999)
-    long_name = b"\x00\x01\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00" + (b"\x3f" + b"a" * 63) * 5 + b"\x00\x00\x01\x00\x01"
+    quoted = IP(src=CLIENT, dst=SERVER) / UDP(sport=5, dport=9999)
+    err = IP(src=SERVER, dst=CLIENT) / ICMP(type=3, code=3) / quoted
+    header = b"\x00\x01\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00"                  # RD, one question
+    long_name = header + (b"\x3f" + b"a" * 63) * 5 + b"\x00\x00\x01\x00\x01"   # 321 octets
     packets = ([dns_query("nx.example", CLIENT, RESOLVER, 6000 + k) for k in range(7)]
                + [dns_query(f"h{k}.ovr.example", CLIENT6, RESOLVER6, 6100 + k, edns=True) for k in range(4)]
                + c.handshake() + [c.data(0, b"GET")]
@@ -638,7 +642,8 @@ def test_hostile_rows(data: st.DataObject) -> None:
             which = draw(st.sampled_from(["payload", "payload_len", "ip_len", "flags", "l4", "frag"]))
             if which == "payload" and b.payload_len[i]:
                 for _ in range(draw(st.integers(1, 6))):
-                    b.buf[b.payload[i] + draw(st.integers(0, int(b.payload_len[i]) - 1))] = draw(st.integers(0, 255))
+                    at = b.payload[i] + draw(st.integers(0, int(b.payload_len[i]) - 1))
+                    b.buf[at] = draw(st.integers(0, 255))
             elif which == "payload_len":
                 b.payload_len[i] = draw(st.integers(0, int(b.payload_len[i]) + 64))
             elif which == "ip_len":
