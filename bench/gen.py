@@ -56,12 +56,11 @@ from functools import partial
 from pathlib import Path
 
 import numpy as np
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from numba import njit
 
 from egressd.bench.tls import random_name, ssl_client_hello
-from egressd.engine.quic import VERSION_1, QuicInitials, client_initial_keys
+from egressd.flowspec import is_address
+from egressd.engine.quic import VERSION_1, QuicInitials, protect_client_initial
 from egressd.engine.wire import ones_sum, put_u32le
 
 KINDS = ("tls", "http", "dns", "quic", "udp", "icmp")
@@ -188,18 +187,10 @@ def _check_names(names: list[str]) -> list[str]:
     if not names:
         raise ValueError("names must not be empty")
     for n in names:
-        if not isinstance(n, str) or len(n) > 253 or not _NAME.fullmatch(n) or _is_ip(n):
+        if not isinstance(n, str) or len(n) > 253 or not _NAME.fullmatch(n) or is_address(n):
             raise ValueError(f"not a host name (ASCII labels of 1-63 letters, digits or "
                              f"hyphens; IDNs in A-label form): {n!r}")
     return list(names)
-
-
-def _is_ip(name: str) -> bool:
-    try:
-        ipaddress.ip_address(name)
-    except ValueError:
-        return False
-    return True
 
 
 def plan(*, flows: int, packets_per_flow: int, mix: dict[str, float] | None = None,
@@ -430,16 +421,8 @@ def _quic_initials(p: Plan, rows: np.ndarray, plain: dict, off: np.ndarray) -> n
         payload[at["scid"]:at["scid"] + 8] = scid
         head[6:14] = dcid
         head[15:23] = scid
-        key, iv, hp = client_initial_keys(VERSION_1, dcid)
-        sealed = AESGCM(key).encrypt(iv, payload, bytes(head))   # nonce: iv ^ packet number 0
-        # header protection masks the low bits of the first byte and the packet number,
-        # from a sample of the ciphertext 4 bytes after the packet number's start
-        mask = Cipher(algorithms.AES(hp), modes.ECB()).encryptor().update(sealed[3:19])
         o = QUIC_DATAGRAM * j
-        blob[o:o + _INITIAL_HEAD] = head
-        blob[o] ^= mask[0] & 0x0F
-        blob[o + _INITIAL_HEAD - 1] ^= mask[1]
-        blob[o + _INITIAL_HEAD:o + QUIC_DATAGRAM] = sealed
+        blob[o:o + QUIC_DATAGRAM] = protect_client_initial(VERSION_1, dcid, bytes(head), 1, payload)
     off[rows] = np.arange(len(rows)) * QUIC_DATAGRAM
     return np.frombuffer(blob or bytearray(1), np.uint8)
 

@@ -25,8 +25,6 @@ import struct
 from dataclasses import dataclass
 
 import numpy as np
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from egressd.engine.batch import PacketBatch
 from egressd.engine.flows import MIN_CAPACITY, FlowConfig
@@ -34,7 +32,7 @@ from egressd.engine.frag import FragConfig
 from egressd.engine.l7 import APP_NAMES
 from egressd.engine.pcapio import LINKTYPE_ETHERNET
 from egressd.engine.pipeline import Pipeline
-from egressd.engine.quic import VERSION_1, client_initial_keys
+from egressd.engine.quic import VERSION_1, protect_client_initial
 from egressd.engine.reasons import NAMES, Verdict
 from egressd.engine.wire import ones_sum
 from egressd.geneve import header as G
@@ -124,7 +122,7 @@ def parse_flow(text: str) -> FlowSpec:
     if "qtype" in opts and "dns" not in opts:
         raise FlowSpecError("qtype= needs dns=NAME")
     names = {k: _name(opts[k], k) for k in ("sni", "host", "dns") if k in opts}
-    if "sni" in names and _is_address(names["sni"]):
+    if "sni" in names and is_address(names["sni"]):
         raise FlowSpecError(f"sni={names['sni']} is an address; an SNI names a host (clients leave "
                             "addresses out of it)")
     qtype = 1
@@ -166,7 +164,7 @@ def _endpoint(word: str, which: str, ported: bool) -> tuple[ipaddress.IPv4Addres
     return ip, int(port)
 
 
-def _is_address(name: str) -> bool:
+def is_address(name: str) -> bool:
     try:
         ipaddress.ip_address(name)
     except ValueError:
@@ -305,7 +303,6 @@ def _quic_initial(hello: bytes, scid: bytes, dcid: bytes) -> bytes:
     """A QUIC v1 client Initial datagram carrying the ClientHello handshake message in
     one CRYPTO frame, padded to 1200 bytes, protected with the Initial keys of `dcid`
     (RFC 9001 5: AEAD_AES_128_GCM, header protection with AES-ECB)."""
-    key, iv, hp = client_initial_keys(VERSION_1, dcid)
     pn_len, pn, tag = 2, 0, 16
     crypto = b"\x06\x00" + struct.pack("!H", 0x4000 | len(hello)) + hello   # offset 0, 2-byte length
     head_len = 1 + 4 + 1 + len(dcid) + 1 + len(scid) + 1 + 2 + pn_len
@@ -314,14 +311,7 @@ def _quic_initial(hello: bytes, scid: bytes, dcid: bytes) -> bytes:
     header = (bytes([0xC0 | (pn_len - 1)]) + struct.pack("!I", VERSION_1) + bytes([len(dcid)]) + dcid
               + bytes([len(scid)]) + scid + b"\x00" + struct.pack("!H", 0x4000 | length)
               + pn.to_bytes(pn_len, "big"))
-    nonce = (int.from_bytes(iv, "big") ^ pn).to_bytes(12, "big")
-    sealed = AESGCM(key).encrypt(nonce, payload, header)
-    sample = sealed[4 - pn_len:4 - pn_len + 16]
-    mask = Cipher(algorithms.AES(hp), modes.ECB()).encryptor().update(sample)
-    first = bytes([header[0] ^ (mask[0] & 0x0F)])
-    pn_at = len(header) - pn_len
-    protected_pn = bytes(a ^ b for a, b in zip(header[pn_at:], mask[1:1 + pn_len]))
-    return first + header[1:pn_at] + protected_pn + sealed
+    return protect_client_initial(VERSION_1, dcid, header, pn_len, payload)
 
 
 def build_packets(spec: FlowSpec) -> list[Packet]:

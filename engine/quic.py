@@ -70,6 +70,23 @@ def client_initial_keys(version: int, dcid: bytes) -> tuple[bytes, bytes, bytes]
             _expand_label(client, v.label + b"hp", 16))
 
 
+def protect_client_initial(version: int, dcid: bytes, header: bytes, pn_len: int,
+                           payload: bytes) -> bytes:
+    """A client Initial as sent (RFC 9001 5): `payload` sealed with the Initial keys of
+    `dcid` under `header` (which ends with a packet number of 0 in `pn_len` bytes), then
+    header protection over the first byte's low bits and the packet number.  What the
+    decryptor below undoes; tests and traffic generators build their Initials with it."""
+    key, iv, hp = client_initial_keys(version, dcid)
+    sealed = AESGCM(key).encrypt(iv, payload, header)   # nonce: iv ^ packet number 0
+    sample = sealed[4 - pn_len:20 - pn_len]              # 4 bytes after the number's start
+    mask = Cipher(algorithms.AES(hp), modes.ECB()).encryptor().update(sample)
+    out = bytearray(header)
+    out[0] ^= mask[0] & 0x0F
+    for k in range(pn_len):
+        out[len(header) - pn_len + k] ^= mask[1 + k]
+    return bytes(out) + sealed
+
+
 class _Keys:
     __slots__ = ("aead", "iv", "hp")
 
