@@ -110,11 +110,11 @@ def parse_http(buf, off, size, host):
 
 
 @njit(cache=True, nogil=True)
-def parse_dns(buf, off, size, name, hi, lo, ttl):
+def parse_dns(buf, off, size, name, hi, lo, ttl, chain):
     ok = 0
     names = 0
     for i in range(off.shape[0]):
-        st, nl, _qt, _rc, na, _f, _tx = dns.message(buf, off[i], size[i], name, 0, hi, lo, ttl, 0)
+        st, nl, _qt, _rc, na, _f, _tx = dns.message(buf, off[i], size[i], name, 0, hi, lo, ttl, 0, chain)
         ok += st == dns.OK
         names += nl + na
     return ok, names
@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> None:
     host = np.zeros(http.HOST_MAX, np.uint8)
     name = np.zeros(dns.NAME_MAX, np.uint8)
     ans = (np.zeros(dns.MAX_ANSWERS, np.uint64), np.zeros(dns.MAX_ANSWERS, np.uint64),
-           np.zeros(dns.MAX_ANSWERS, np.uint32))
+           np.zeros(dns.MAX_ANSWERS, np.uint32), np.zeros(dns.CHAIN, np.int64))
     t0 = time.perf_counter()
     parse_http(*layout([b"GET / HTTP/1.1\r\n\r\n"], 1), host)
     parse_dns(*layout([dns_query(rng, "a")], 1), name, *ans)

@@ -382,6 +382,7 @@ def decide(packets: list[Packet], policy: CompiledPolicy) -> tuple[list[Step], i
     data = b"".join(frames)
     pipe = Pipeline(frag=FragConfig(mode=policy.frag_mode), flows=FlowConfig(capacity=MIN_CAPACITY),
                     policy=policy)
+    pipe.l7.decrypt_quic = True   # the explanation names a QUIC flow's server
     buf = np.zeros(len(data) + pipe.extra_bytes, np.uint8)    # reassembly slabs behind the frames
     buf[:len(data)] = np.frombuffer(data, np.uint8)
     b = PacketBatch(len(frames), buf)

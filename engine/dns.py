@@ -35,6 +35,7 @@ MAX_POINTERS = 16
 MAX_LABELS = 127
 MAX_RECORDS = 64      # answer records walked
 MAX_CNAMES = 8        # CNAME links followed from the query name
+CHAIN = MAX_CNAMES + 1   # the caller's scratch for the chain's names (`message`'s `chain`)
 
 HEADER = 12
 TYPE_A, TYPE_CNAME, TYPE_AAAA = 1, 5, 28
@@ -42,7 +43,7 @@ CLASS_IN = 1
 _V4_MAPPED = np.uint64(0x0000FFFF00000000)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def _name(buf, p, n, q, out, oo, copy):
     """Walk the name at offset q of the message buf[p:p+n].
 
@@ -97,7 +98,7 @@ def _name(buf, p, n, q, out, oo, copy):
     return F_NAME_TOO_LONG, 0, 0  # not reached: the bounds above end the walk first
 
 
-@njit(cache=True, nogil=True, inline="always")
+@njit(cache=True, nogil=True, inline="always", _nrt=False)
 def _deref(buf, p, q):
     """The first label of a name `_name` accepted, past its pointers."""
     for _ in range(MAX_POINTERS):
@@ -108,7 +109,7 @@ def _deref(buf, p, q):
     return q
 
 
-@njit(cache=True, nogil=True, inline="always")
+@njit(cache=True, nogil=True, inline="always", _nrt=False)
 def _skip(buf, p, q):
     """Offset past a name `_name` accepted, where it is written."""
     for _ in range(MAX_LABELS + 1):
@@ -121,7 +122,7 @@ def _skip(buf, p, q):
     return q
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def _same_name(buf, p, a, b):
     """ASCII case-insensitive equality of two names `_name` accepted."""
     for _ in range(MAX_LABELS + 1):
@@ -149,7 +150,7 @@ def _same_name(buf, p, a, b):
     return False
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def _in_chain(buf, p, owner, chain, depth):
     for d in range(depth):
         if _same_name(buf, p, owner, chain[d]):
@@ -157,8 +158,8 @@ def _in_chain(buf, p, owner, chain, depth):
     return False
 
 
-@njit(cache=True, nogil=True)
-def message(buf, p, n, name, no, ans_hi, ans_lo, ans_ttl, ao):
+@njit(cache=True, nogil=True, _nrt=False)
+def message(buf, p, n, name, no, ans_hi, ans_lo, ans_ttl, ao, chain):
     """One DNS message, buf[p:p+n] (a UDP payload).
 
     Returns (status, name_len, qtype, rcode, n_answers, flags, txid).  On OK the first
@@ -167,10 +168,12 @@ def message(buf, p, n, name, no, ans_hi, ans_lo, ans_ttl, ao):
     the A/AAAA addresses of the query name and of the CNAMEs it leads to, in message
     order, in ans_hi/ans_lo/ans_ttl[ao:ao+n_answers] (IPv4 as ::ffff:a.b.c.d).  Once
     the header is there, rcode, txid and the header flags (F_RESPONSE, F_TC) are
-    returned whatever the status; on MALFORMED flags also name the cause.
+    returned whatever the status; on MALFORMED flags also name the cause.  `chain` is
+    scratch of at least CHAIN int64 (the kernel allocates nothing: no reference counting
+    in the hot loop).
     """
     n = max(0, min(n, buf.shape[0] - p))
-    if n < HEADER:
+    if n < HEADER or chain.shape[0] < CHAIN:
         return MALFORMED, 0, 0, 0, 0, F_BAD_RECORD, 0
     txid = np.int64(u16(buf, p))
     hf = np.int64(u16(buf, p + 2))
@@ -227,7 +230,6 @@ def message(buf, p, n, name, no, ans_hi, ans_lo, ans_ttl, ao):
         q = rdata + rdlen
 
     # 2. the CNAME chain from the query name, in any record order
-    chain = np.empty(MAX_CNAMES + 1, np.int64)
     chain[0] = HEADER
     depth = 1
     for _ in range(MAX_CNAMES):
@@ -270,8 +272,8 @@ def message(buf, p, n, name, no, ans_hi, ans_lo, ans_ttl, ao):
     return OK, name_len, qtype, rcode, k, flags, txid
 
 
-@njit(cache=True, nogil=True)
-def tcp_message(buf, p, n, name, no, ans_hi, ans_lo, ans_ttl, ao):
+@njit(cache=True, nogil=True, _nrt=False)
+def tcp_message(buf, p, n, name, no, ans_hi, ans_lo, ans_ttl, ao, chain):
     """The first message of a DNS-over-TCP stream buf[p:p+n] (2-byte length prefix).
 
     NEED_MORE (all other fields 0) until the whole message is there; then `message`.
@@ -279,4 +281,4 @@ def tcp_message(buf, p, n, name, no, ans_hi, ans_lo, ans_ttl, ao):
     n = max(0, min(n, buf.shape[0] - p))
     if n < 2 or n - 2 < np.int64(u16(buf, p)):
         return NEED_MORE, 0, 0, 0, 0, 0, 0
-    return message(buf, p + 2, np.int64(u16(buf, p)), name, no, ans_hi, ans_lo, ans_ttl, ao)
+    return message(buf, p + 2, np.int64(u16(buf, p)), name, no, ans_hi, ans_lo, ans_ttl, ao, chain)

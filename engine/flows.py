@@ -94,6 +94,7 @@ from numba.core import cgutils
 from numba.cpython.unsafe.numbers import trailing_zeros
 from numba.extending import intrinsic
 
+from egressd.engine import tables
 from egressd.engine.batch import PacketBatch
 from egressd.engine.parse import PF_FRAGMENT, PF_ICMP_ERROR, PF_REASSEMBLED, PROTO_TCP
 from egressd.engine.reasons import Verdict
@@ -219,7 +220,7 @@ def _prefetch(typingctx, arr, idx):
     return types.void(arr, idx), codegen
 
 
-@njit(cache=True, nogil=True, inline="always")
+@njit(cache=True, nogil=True, inline="always", _nrt=False)
 def _buckets(h, bmask):
     """(tag, first slot of b1, first slot of b2) of a hash."""
     tag = np.uint32(h & _M32)
@@ -247,13 +248,13 @@ def _lanes_equal(typingctx, tags, base, tag):
     return types.uint64(types.Array(types.uint32, 1, "C"), types.uintp, types.uint32), codegen
 
 
-@njit(cache=True, nogil=True, inline="always")
+@njit(cache=True, nogil=True, inline="always", _nrt=False)
 def _scan(tags, base, tag):
     """Bit masks of the bucket's slots that hold `tag` and of its empty slots."""
     return _lanes_equal(tags, base, tag), _lanes_equal(tags, base, np.uint32(0))
 
 
-@njit(cache=True, nogil=True, inline="always")
+@njit(cache=True, nogil=True, inline="always", _nrt=False)
 def _popcount(x):
     x = x - ((x >> _U64(1)) & _U64(0x5555555555555555))
     x = (x & _U64(0x3333333333333333)) + ((x >> _U64(2)) & _U64(0x3333333333333333))
@@ -261,13 +262,13 @@ def _popcount(x):
     return (x * _U64(0x0101010101010101)) >> _U64(56)
 
 
-@njit(cache=True, nogil=True, inline="always")
+@njit(cache=True, nogil=True, inline="always", _nrt=False)
 def _mix(h, v):
     h = (h ^ v) * _U64(0x9E3779B97F4A7C15)
     return h ^ (h >> _U64(29))
 
 
-@njit(cache=True, nogil=True, inline="always")
+@njit(cache=True, nogil=True, inline="always", _nrt=False)
 def _flow_hash(eni, attach, a_hi, a_lo, b_hi, b_lo, meta):
     """64-bit hash of a canonical key (murmur3's finaliser over a multiply-xor chain)."""
     h = _mix(_U64(0x2545F4914F6CDD1D), eni)
@@ -284,7 +285,7 @@ def _flow_hash(eni, attach, a_hi, a_lo, b_hi, b_lo, meta):
     return h ^ (h >> _U64(33))
 
 
-@njit(cache=True, nogil=True, inline="always")
+@njit(cache=True, nogil=True, inline="always", _nrt=False)
 def _canonical(s_hi, s_lo, sp, d_hi, d_lo, dp):
     """(sender is side b, both endpoints equal) for an endpoint pair."""
     if s_hi != d_hi:
@@ -294,7 +295,7 @@ def _canonical(s_hi, s_lo, sp, d_hi, d_lo, dp):
     return sp > dp, sp == dp
 
 
-@njit(cache=True, nogil=True, inline="always")
+@njit(cache=True, nogil=True, inline="always", _nrt=False)
 def _tcp_initial(tcpf):
     """(state, flags, initiator is the sender) of a TCP flow its first packet opens."""
     syn_ack_rst = tcpf & (TH_SYN | TH_ACK | TH_RST)
@@ -305,7 +306,7 @@ def _tcp_initial(tcpf):
     return ESTABLISHED, F_MIDSTREAM, True
 
 
-@njit(cache=True, nogil=True, inline="always")
+@njit(cache=True, nogil=True, inline="always", _nrt=False)
 def _tcp_step(state, flags, tcpf, from_init):
     """(state, flags) after a segment: the table in the module docstring (the pure SYN
     on a CLOSED flow is handled by the caller, which starts a new flow)."""
@@ -326,12 +327,12 @@ def _tcp_step(state, flags, tcpf, from_init):
     return state, flags
 
 
-@njit(cache=True, nogil=True, inline="always")
+@njit(cache=True, nogil=True, inline="always", _nrt=False)
 def _idle_limit(proto, tcp_ns, other_ns):
     return tcp_ns if proto == PROTO_TCP else other_ns
 
 
-@njit(cache=True, nogil=True, inline="always")
+@njit(cache=True, nogil=True, inline="always", _nrt=False)
 def _victim(rows, b1, b2, now, tcp_ns, other_ns):
     """(slot, END_* class) of the slot to evict among the 32 of two full buckets."""
     best = -1
@@ -355,7 +356,7 @@ def _victim(rows, b1, b2, now, tcp_ns, other_ns):
     return best, best_cls
 
 
-@njit(cache=True, nogil=True, inline="always")
+@njit(cache=True, nogil=True, inline="always", _nrt=False)
 def _emit(rows, s, recs, k, reason):
     """Copy the flow in slot s into record k, as it ends for `reason`."""
     r = rows[s]
@@ -385,7 +386,7 @@ def _emit(rows, s, recs, k, reason):
     o.rule = r.rule
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def _prepare(n, verdict, pflags, eni, attach, ipver, proto, src_hi, src_lo, dst_hi, dst_lo,
              sport, dport, rel_proto, rel_src_hi, rel_src_lo, rel_dst_hi, rel_dst_lo, rel_sport,
              rel_dport, kind, hashes, k_a_hi, k_a_lo, k_b_hi, k_b_lo, k_meta):
@@ -424,7 +425,7 @@ def _prepare(n, verdict, pflags, eni, attach, ipver, proto, src_hi, src_lo, dst_
         hashes[i] = _flow_hash(eni[i], attach[i], s_hi, s_lo, d_hi, d_lo, meta)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def _probe(n, bmask, tcp_ns, other_ns, kind, hashes, k_a_hi, k_a_lo, k_b_hi, k_b_lo, k_meta,
            eni, attach, tcp_flags, ip_len, ts_ns, cookie, flow, flow_id, dir_, est_,
            rows, rows64, tags, counters, clock, recs, nrec, end_counter):
@@ -584,7 +585,7 @@ def _probe(n, bmask, tcp_ns, other_ns, kind, hashes, k_a_hi, k_a_lo, k_b_hi, k_b
     return nrec
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def _flush(rows, tags, start, now, tcp_ns, other_ns, counters, recs, end_counter):
     """End flows from slot `start` on until `recs` is full: reason timeout for those
     idle past their timeout at `now`, shutdown for the others.  Returns (next slot,
@@ -621,7 +622,7 @@ class FlowTable:
     def __init__(self, config: FlowConfig | None = None) -> None:
         self.config = config or FlowConfig()
         cap = self.config.capacity
-        self.slots = np.zeros(cap, SLOT_DTYPE)
+        self.slots = tables.zeros(cap, SLOT_DTYPE)
         self.tags = np.zeros(cap, np.uint32)
         self._rows64 = self.slots.view(np.uint64)  # the rows as words, for prefetching
         self._bmask = np.uint64(cap // BUCKET - 1)

@@ -77,7 +77,7 @@ class FragConfig:
         return self.max_datagrams * SLAB
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def _v6_frag_header(buf, p):
     """Offset (from p) of the IPv6 fragment header and of the next-header field that
     names it; parse has already walked and bounded this chain."""
@@ -94,7 +94,7 @@ def _v6_frag_header(buf, p):
     return -1, 0
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def _reassemble(buf, base, n, mode, max_frags, timeout_ns, verdict, reason, counts, pflags, ipver,
                 proto, src_hi, src_lo, dst_hi, dst_lo, frag_id, frag_off, ip, ip_len, ts_ns, eni,
                 attach, c_state, c_key, c_ident, c_first_ts, c_total, c_maxend, c_hdrlen, c_field,

@@ -77,12 +77,12 @@ _CLASS = _classes()
 _VERSION = np.frombuffer(b"HTTP/1.", np.uint8).copy()
 
 
-@njit(cache=True, nogil=True, inline="always")
+@njit(cache=True, nogil=True, inline="always", _nrt=False)
 def _is(c, cls):
     return (_CLASS[np.uintp(c)] & cls) != 0
 
 
-@njit(cache=True, nogil=True, inline="always")
+@njit(cache=True, nogil=True, inline="always", _nrt=False)
 def _method(key, length):
     if length == 3:
         if key == _K_GET:
@@ -108,7 +108,7 @@ def _method(key, length):
     return M_OTHER
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def _authority(buf, a, b):
     """`host [":" port]` in buf[a:b] (RFC 3986 3.2.2-3.2.3, no userinfo).
 
@@ -144,7 +144,7 @@ def _authority(buf, a, b):
     return h1 - h0 <= HOST_MAX, h0, h1
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def _scheme_end(buf, t0, t1):
     """Where `scheme "://"` ends if the target starts with one (absolute-form), else -1."""
     if t0 == t1 or not _is(u8(buf, t0), C_ALPHA):
@@ -157,7 +157,7 @@ def _scheme_end(buf, t0, t1):
     return -1
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def _same_host(buf, a0, a1, b0, b1):
     """ASCII case-insensitive equality of buf[a0:a1] and buf[b0:b1]."""
     if a1 - a0 != b1 - b0:
@@ -170,7 +170,7 @@ def _same_host(buf, a0, a1, b0, b1):
     return True
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def request(buf, p, n, host, ho):
     """The first request of the client stream buf[p:p+n].
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 from numba import njit
 
-from egressd.engine import dns, http, tls
+from egressd.engine import dns, http, tables, tls
 from egressd.engine.batch import PacketBatch
 from egressd.engine.flows import TH_SYN
 from egressd.engine.parse import PROTO_TCP, PROTO_UDP
@@ -64,9 +64,10 @@ QUIC_PORT = 443
 
 # counters
 (C_TLS, C_HTTP, C_DNS, C_QUIC, C_NO_NAME, C_MALFORMED, C_GAVE_UP, C_POOL_EMPTY, C_OVERLAPS,
- C_REASSEMBLED, C_ANSWERS_DROPPED) = range(11)
+ C_REASSEMBLED, C_ANSWERS_DROPPED, C_QUIC_UNREAD) = range(12)
 COUNTER_NAMES = ("tls_names", "http_names", "dns_names", "quic_names", "no_name", "malformed",
-                 "gave_up", "pool_exhausted", "overlaps", "reassembled", "dns_answers_dropped")
+                 "gave_up", "pool_exhausted", "overlaps", "reassembled", "dns_answers_dropped",
+                 "quic_initials_not_decrypted")
 
 
 @dataclass(frozen=True)
@@ -87,7 +88,7 @@ class L7Config:
 
 # --- names arena --------------------------------------------------------------------------
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def _arena_add(arena, ent_off, ent_len, st, src, so, length, fold=True):
     """Store src[so:so+length], normalized as a name if `fold`; return its id.
     st = [next id, absolute write position]: positions count up forever and the ring
@@ -114,7 +115,7 @@ def _arena_add(arena, ent_off, ent_len, st, src, so, length, fold=True):
     return nid
 
 
-@njit(cache=True, nogil=True, inline="always")
+@njit(cache=True, nogil=True, inline="always", _nrt=False)
 def _arena_valid(arena, ent_off, st, nid):
     """The name nid is still in the arena: its entry not reused, its bytes not written over."""
     return st[0] - ent_off.shape[0] <= nid < st[0] and ent_off[nid % ent_off.shape[0]] >= st[1] - arena.shape[0]
@@ -144,7 +145,7 @@ class NamesArena:
 
 # --- the kernel ---------------------------------------------------------------------------
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def _insert(pool, b, iv_s, iv_e, src, sp, off, length):
     """Put segment bytes src[sp:sp+length] at stream offset `off` of buffer b where no
     byte is yet (first wins).  Returns (overlapped, ok); not ok when the buffer would
@@ -197,7 +198,7 @@ def _insert(pool, b, iv_s, iv_e, src, sp, off, length):
     return overlapped, False
 
 
-@njit(cache=True, nogil=True, inline="always")
+@njit(cache=True, nogil=True, inline="always", _nrt=False)
 def _prefix(iv_s, iv_e, b):
     for k in range(MAX_HOLES):
         if iv_s[b, k] == 0 and iv_e[b, k] > 0:
@@ -205,8 +206,8 @@ def _prefix(iv_s, iv_e, b):
     return 0
 
 
-@njit(cache=True, nogil=True)
-def _parse_stream(buf, p, n, app, scratch, name, alpn, a_hi, a_lo, a_ttl):
+@njit(cache=True, nogil=True, _nrt=False)
+def _parse_stream(buf, p, n, app, scratch, name, alpn, a_hi, a_lo, a_ttl, a_chain):
     """Run the parser for `app` (or guess it) over a client stream.
 
     Returns (app, status, used, name_len, flags, connect, alpn_len, version): version is
@@ -231,12 +232,12 @@ def _parse_stream(buf, p, n, app, scratch, name, alpn, a_hi, a_lo, a_ttl):
         if st != http.NOT_HTTP or app == APP_HTTP:
             return APP_HTTP, st, used, nl, 0, st == http.OK and method == http.M_CONNECT, 0, 0
     if app == APP_DNS:
-        st, nl, qt, _rc, _na, _fl, _tx = dns.tcp_message(buf, p, n, name, 0, a_hi, a_lo, a_ttl, 0)
+        st, nl, qt, _rc, _na, _fl, _tx = dns.tcp_message(buf, p, n, name, 0, a_hi, a_lo, a_ttl, 0, a_chain)
         return APP_DNS, st, 0, nl, 0, False, 0, qt
     return APP_NONE, 2, 0, 0, 0, False, 0, 0
 
 
-@njit(cache=True, nogil=True, inline="always")
+@njit(cache=True, nogil=True, inline="always", _nrt=False)
 def _ccs(buf, p, n):
     """Bytes of ChangeCipherSpec records at buf[p:p+n] (TLS 1.3 middlebox
     compatibility sends one before the second ClientHello); -1: cannot tell yet."""
@@ -250,8 +251,8 @@ def _ccs(buf, p, n):
     return k
 
 
-@njit(cache=True, nogil=True)
-def _advance(src, p, avail, i, s, app_hint, scratch, name, alpn, a_hi, a_lo, a_ttl, arena, ent_off,
+@njit(cache=True, nogil=True, _nrt=False)
+def _advance(src, p, avail, i, s, app_hint, scratch, name, alpn, a_hi, a_lo, a_ttl, a_chain, arena, ent_off,
              ent_len, ast, app_col, name_col, flags_col, qtype_col, f_state, f_stage, f_app, f_name, f_base,
              f_flags, f_ver, f_alpn, counters):
     """Search the client stream bytes src[p:p+avail] (from the flow's base) for names.
@@ -276,7 +277,7 @@ def _advance(src, p, avail, i, s, app_hint, scratch, name, alpn, a_hi, a_lo, a_t
             q += k
             left -= k
         app, st, msg, nl, pf, connect, al, ver = _parse_stream(src, q, left, want, scratch, name,
-                                                               alpn, a_hi, a_lo, a_ttl)
+                                                               alpn, a_hi, a_lo, a_ttl, a_chain)
         if st == 1:  # NEED_MORE
             f_app[s] = app
             if name_col[i] < 0:  # a row keeps the app of the name it completed
@@ -318,7 +319,7 @@ def _advance(src, p, avail, i, s, app_hint, scratch, name, alpn, a_hi, a_lo, a_t
     return used, True
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def _same_name(arena, ent_off, ent_len, a, b):
     """Names a and b (both just stored, so both intact) are equal."""
     cap = ent_off.shape[0]
@@ -334,7 +335,7 @@ def _same_name(arena, ent_off, ent_len, a, b):
     return True
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def _shift(pool, bi, iv_s, iv_e, k):
     """Drop the first k stream bytes of buffer bi (the search moved past them)."""
     row = pool[bi]
@@ -353,12 +354,12 @@ def _shift(pool, bi, iv_s, iv_e, k):
         iv_e[bi, j] = e - k
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def _l7(buf, n, verdict, flow, flow_id, dirs, proto, sport, dport, tcp_flags, tcp_seq, payload,
         payload_len, ts_ns, app_col, name_col, flags_col, qtype_col, rows_fid, f_fid, f_state, f_stage, f_app,
         f_name, f_base, f_isn, f_known, f_buf, f_segs, f_flags, f_ver, f_alpn, pool, iv_s, iv_e,
         b_slot, b_fid, b_ts, free, nfree, scratch, name, alpn, arena, ent_off, ent_len, ast,
-        ans_row, ans_name, ans_hi, ans_lo, ans_ttl, a_hi, a_lo, a_ttl, quic_rows, dns_any_port,
+        ans_row, ans_name, ans_hi, ans_lo, ans_ttl, a_hi, a_lo, a_ttl, a_chain, quic_rows, dns_any_port,
         counters):
     """Returns (DNS answers listed, QUIC rows listed, free buffers left)."""
     nans = 0
@@ -395,7 +396,7 @@ def _l7(buf, n, verdict, flow, flow_id, dirs, proto, sport, dport, tcp_flags, tc
             na = 0
             if port53 or (dns_any_port and dport[i] != QUIC_PORT):
                 st, nl, qt, _rc, na, _fl, _tx = dns.message(buf, payload[i], np.int64(payload_len[i]),
-                                                            name, 0, a_hi, a_lo, a_ttl, 0)
+                                                            name, 0, a_hi, a_lo, a_ttl, 0, a_chain)
             if port53 or st == dns.OK:  # elsewhere, only what parses as DNS is DNS
                 app_col[i] = APP_DNS
                 if f_app[s] == APP_NONE:
@@ -448,7 +449,7 @@ def _l7(buf, n, verdict, flow, flow_id, dirs, proto, sport, dport, tcp_flags, tc
         if bi < 0 and rel == 0:
             # the common case: the whole message in this packet, parsed in place
             used, done = _advance(buf, src_p, plen, i, s, hint, scratch, name, alpn, a_hi, a_lo,
-                                  a_ttl, arena, ent_off, ent_len, ast, app_col, name_col,
+                                  a_ttl, a_chain, arena, ent_off, ent_len, ast, app_col, name_col,
                                   flags_col, qtype_col, f_state, f_stage, f_app, f_name, f_base, f_flags,
                                   f_ver, f_alpn, counters)
             if done:
@@ -487,7 +488,7 @@ def _l7(buf, n, verdict, flow, flow_id, dirs, proto, sport, dport, tcp_flags, tc
         done = False
         if ok and have > 0:
             used, done = _advance(pool[bi], 0, have, i, s, hint, scratch, name, alpn, a_hi, a_lo,
-                                  a_ttl, arena, ent_off, ent_len, ast, app_col, name_col,
+                                  a_ttl, a_chain, arena, ent_off, ent_len, ast, app_col, name_col,
                                   flags_col, qtype_col, f_state, f_stage, f_app, f_name, f_base, f_flags,
                                   f_ver, f_alpn, counters)
             if name_col[i] >= 0:
@@ -513,7 +514,7 @@ def _l7(buf, n, verdict, flow, flow_id, dirs, proto, sport, dport, tcp_flags, tc
 STALL_NS = 30_000_000_000  # a handshake that sent nothing for 30 s loses its buffer
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def _reclaim(rows_fid, b_slot, b_fid, b_ts, f_buf, f_state, f_flags, free, now):
     """Free the buffers of flows that ended (their slot holds another flow now) or
     stalled (the stalled flow gives up); returns how many are free.  Runs only when
@@ -531,7 +532,7 @@ def _reclaim(rows_fid, b_slot, b_fid, b_ts, f_buf, f_state, f_flags, free, now):
     return nfree
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def _quic_name(ch, scratch, name, alpn, arena, ent_off, ent_len, ast):
     """(name id, TLS version, ALPN id) of a QUIC ClientHello (a bare handshake
     message); ids -1 for none."""
@@ -544,26 +545,31 @@ def _quic_name(ch, scratch, name, alpn, arena, ent_off, ent_len, ast):
     return nid, ver, aid
 
 
+ROW_DTYPE = np.dtype({
+    "names": ["fid", "name", "alpn", "base", "isn", "buf", "tls_version", "segs", "flags", "state",
+              "stage", "app", "known"],
+    # name, alpn: arena ids (-1 none; alpn is the wire-form list); tls_version: the highest
+    # offered (supported_versions); buf: pool buffer, -1 none
+    "formats": [np.uint64, np.int64, np.int64, np.int64, np.uint32, np.int32, np.uint16, np.uint16,
+                np.uint16, np.uint8, np.uint8, np.uint8, np.uint8],
+    "offsets": [0, 8, 16, 24, 32, 36, 40, 42, 44, 46, 47, 48, 49],
+    "itemsize": 64})
+
+
 class L7Table:
     """Names per flow: state per flow slot (sized like the flow table), the
     reassembly pool, the names arena, and the QUIC Initial decryptor."""
 
     def __init__(self, flow_capacity: int, config: L7Config | None = None) -> None:
         self.config = c = config or L7Config()
-        cap = flow_capacity
-        self.fid = np.zeros(cap, np.uint64)
-        self.state = np.zeros(cap, np.uint8)
-        self.stage = np.zeros(cap, np.uint8)
-        self.app = np.zeros(cap, np.uint8)
-        self.name = np.full(cap, -1, np.int64)
-        self.tls_version = np.zeros(cap, np.uint16)  # offered (highest supported_versions)
-        self.alpn = np.full(cap, -1, np.int64)       # arena id of the ALPN list, wire form
-        self.base = np.zeros(cap, np.int64)
-        self.isn = np.zeros(cap, np.uint32)
-        self.known = np.zeros(cap, np.uint8)
-        self.buf = np.full(cap, -1, np.int32)
-        self.segs = np.zeros(cap, np.uint16)
-        self.flags = np.zeros(cap, np.uint16)
+        # One 64-byte row per flow slot; the kernels take each field as an array (a
+        # strided view), so a packet touches one cache line of this table, not thirteen.
+        self.rows = tables.zeros(flow_capacity, ROW_DTYPE)
+        for field in ROW_DTYPE.names:
+            setattr(self, field, self.rows[field])
+        self.name[:] = -1
+        self.alpn[:] = -1
+        self.buf[:] = -1
         self.pool = np.zeros((c.buffers, MAX_STREAM), np.uint8)
         self.iv_s = np.zeros((c.buffers, MAX_HOLES), np.int64)
         self.iv_e = np.zeros((c.buffers, MAX_HOLES), np.int64)
@@ -577,9 +583,10 @@ class L7Table:
         self.alpn_buf = np.zeros(tls.ALPN_MAX, np.uint8)
         self.arena = NamesArena(c.arena_bytes, c.arena_names)
         self.quic = QuicInitials(max_flows=c.quic_flows)
+        self.decrypt_quic = True    # read QUIC Initials' names (the pipeline turns it off when unused)
         self.counters_ = np.zeros(len(COUNTER_NAMES), np.int64)
         self._a = (np.zeros(dns.MAX_ANSWERS, np.uint64), np.zeros(dns.MAX_ANSWERS, np.uint64),
-                   np.zeros(dns.MAX_ANSWERS, np.uint32))
+                   np.zeros(dns.MAX_ANSWERS, np.uint32), np.zeros(dns.CHAIN, np.int64))
         self._grow_answers(0)
 
     def _grow_answers(self, n: int) -> None:
@@ -609,6 +616,16 @@ class L7Table:
             self.free, self.nfree, self.scratch, self.name_buf, self.alpn_buf, a.bytes, a.off,
             a.len, a.state, self.ans_row, self.ans_name, self.ans_hi, self.ans_lo, self.ans_ttl,
             *self._a, self.quic_rows, self.config.dns_any_port, self.counters_)
+        if not self.decrypt_quic:
+            # A QUIC Initial costs ~50 us of Python to decrypt: skipped when nothing reads
+            # its name.  The flows are QUIC all the same, with no name, and searched no more.
+            rows = self.quic_rows[:nq]
+            b.app[rows] = self.app[b.flow[rows]] = APP_QUIC
+            b.l7_flags[rows] |= L7_SEARCH_END
+            fresh = self.state[b.flow[rows]] != _DONE
+            self.state[b.flow[rows]] = _DONE
+            self.counters_[C_QUIC_UNREAD] += int(np.unique(b.flow[rows][fresh]).size)
+            return
         for i in self.quic_rows[:nq]:
             self._quic(b, int(i))
 

@@ -35,7 +35,7 @@ _V4_MAPPED = np.uint64(0x0000FFFF00000000)
 _EXT_HBH, _EXT_ROUTING, EXT_FRAGMENT, EXT_AH, _EXT_DSTOPTS = 0, 43, 44, 51, 60
 
 
-@njit(cache=True, nogil=True, inline="always")
+@njit(cache=True, nogil=True, inline="always", _nrt=False)
 def ext_header_len(buf, h, nh):
     """Length of the IPv6 extension header `nh` at h (not the fragment header, always
     8): AH counts 4-byte words minus 2, the others 8-byte words minus 1.  The caller
@@ -45,12 +45,12 @@ def ext_header_len(buf, h, nh):
     return (np.int64(u8(buf, h + 1)) + 1) * 8
 
 
-@njit(cache=True, nogil=True, inline="always")
+@njit(cache=True, nogil=True, inline="always", _nrt=False)
 def _is_ext(nh):
     return nh == _EXT_HBH or nh == _EXT_ROUTING or nh == EXT_FRAGMENT or nh == EXT_AH or nh == _EXT_DSTOPTS
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def _ip(buf, p, avail, quoted):
     """IP header at p with `avail` bytes.
 
@@ -143,21 +143,21 @@ def _ip(buf, p, avail, quoted):
     return Reason.INNER_IP_BAD_HEADER, ver, 0, z, z, z, z, 0, 0, 0, 0, 0
 
 
-@njit(cache=True, nogil=True, inline="always")
+@njit(cache=True, nogil=True, inline="always", _nrt=False)
 def _is_icmp_error(proto, t):
     if proto == PROTO_ICMP:
         return t == 3 or t == 4 or t == 5 or t == 11 or t == 12
     return t < 128  # ICMPv6: types 0-127 are errors (RFC 4443 2.1)
 
 
-@njit(cache=True, nogil=True, inline="always")
+@njit(cache=True, nogil=True, inline="always", _nrt=False)
 def _is_echo(proto, t):
     if proto == PROTO_ICMP:
         return t == 8 or t == 0
     return t == 128 or t == 129
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def _quote(buf, p, avail):
     """The packet quoted by an ICMP error: (ok, proto, src_hi, src_lo, dst_hi, dst_lo,
     sport, dport).  Only its first 8 transport bytes are guaranteed (RFC 792)."""
@@ -179,7 +179,7 @@ def _quote(buf, p, avail):
     return True, proto, shi, slo, dhi, dlo, sport, dport
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def _tcp_options_ok(buf, p, end):
     """Walk TCP options in [p, end) (at most 40 bytes; every step advances)."""
     while p < end:
@@ -198,7 +198,7 @@ def _tcp_options_ok(buf, p, end):
     return True
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def _parse(buf, n, only_reassembled, verdict, reason, counts, ip, ip_len, ipver, proto, src_hi,
            src_lo, dst_hi, dst_lo, sport, dport, icmp_type, icmp_code, tcp_flags, tcp_seq, tcp_ack,
            l4, payload, payload_len, pflags, frag_id, frag_off, rel_proto, rel_src_hi, rel_src_lo,

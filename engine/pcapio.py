@@ -64,7 +64,7 @@ class CaptureError(Exception):
     """A capture that cannot be read; the message names the file and the reason."""
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def _scan_pcap(buf, pos, end, big, nsec, link, off, caplen, wirelen, ts_ns, links, max_n):
     """Index whole records in buf[pos:end] into the columns.
 
@@ -90,7 +90,7 @@ def _scan_pcap(buf, pos, end, big, nsec, link, off, caplen, wirelen, ts_ns, link
     return n, pos, _FULL
 
 
-@njit(cache=True, nogil=True, inline="always")
+@njit(cache=True, nogil=True, inline="always", _nrt=False)
 def _pcapng_ts(raw, mode, val, offset_ns):
     # mode 0: ticks of 10^-k s with k <= 9 (val = 10^(9-k)); 1: k > 9 (val = 10^(k-9));
     # 2: ticks of 2^-val s, converted exactly in 64-bit integers.
@@ -113,7 +113,7 @@ def _pcapng_ts(raw, mode, val, offset_ns):
     return np.int64(raw >> k) * 1_000_000_000 + np.int64(frac_ns) + offset_ns
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def _scan_pcapng(buf, pos, end, big, if_link, if_snap, if_tsmode, if_tsval, if_tsoff, n_if,
                  last_ts, off, caplen, wirelen, ts_ns, links, max_n):
     """Index packet blocks of buf[pos:end]; stop at section and interface blocks.
@@ -410,7 +410,7 @@ class CaptureReader:
         self.close()
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def _pack_records(buf, off, caplen, wirelen, ts_ns, link, l3, verdict, want, n, out):
     """Write pcap records (Ethernet) of the packets whose verdict is `want` into out.
 

@@ -52,13 +52,13 @@ NAME_HOST = 0
 _SEEN_SNI, _SEEN_ALPN, _SEEN_VERSIONS, _SEEN_ECH = 1, 2, 4, 8
 
 
-@njit(cache=True, nogil=True, inline="always")
+@njit(cache=True, nogil=True, inline="always", _nrt=False)
 def _grease(v):
     # RFC 8701: 0x0A0A, 0x1A1A, ... 0xFAFA
     return (v & 0x0F0F) == 0x0A0A and (v >> 8) == (v & 0xFF)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def _server_name(b, d, end, name, no):
     """ServerNameList in b[d:end].  Returns (ok, sni_len, flags)."""
     if end - d < 3 or np.int64(u16(b, d)) != end - d - 2:
@@ -94,7 +94,7 @@ def _server_name(b, d, end, name, no):
     return True, sni_len, flags
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def _alpn(b, d, end, alpn, ao):
     """ProtocolNameList in b[d:end]; copies the leading entries that fit in ALPN_MAX.
     Returns (ok, alpn_len, flags)."""
@@ -116,7 +116,7 @@ def _alpn(b, d, end, alpn, ao):
     return True, out, flags
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def _versions(b, d, end):
     """ClientHello supported_versions in b[d:end].  Returns (ok, highest non-GREASE
     version or -1; drafts of TLS 1.3 rank below TLS 1.3 itself)."""
@@ -133,7 +133,7 @@ def _versions(b, d, end):
     return True, best
 
 
-@njit(cache=True, nogil=True, inline="always")
+@njit(cache=True, nogil=True, inline="always", _nrt=False)
 def _rank(v):
     """Order of versions: TLS 1.3 drafts (0x7fNN) come just below TLS 1.3 (0x0304)."""
     if v >> 8 == 0x7F:
@@ -141,7 +141,7 @@ def _rank(v):
     return v * 256
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def _body(b, s, e, name, no, alpn, ao):
     """The ClientHello body b[s:e] (after the handshake header).
     Returns (status, sni_len, alpn_len, version, flags)."""
@@ -220,7 +220,7 @@ def _body(b, s, e, name, no, alpn, ao):
     return OK, sni_len, alpn_len, version, flags
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def client_hello(buf, p, n, records, scratch, name, no, alpn, ao):
     """Parse the ClientHello at the start of the stream buf[p:p+n].
 

@@ -27,12 +27,12 @@ _SEEN_ENI, _SEEN_ATTACH, _SEEN_COOKIE = 1, 2, 4
 _SEEN_ALL = _SEEN_ENI | _SEEN_ATTACH | _SEEN_COOKIE
 
 
-@njit(cache=True, nogil=True, inline="always")
+@njit(cache=True, nogil=True, inline="always", _nrt=False)
 def _is_vlan(ethertype):
     return ethertype == 0x8100 or ethertype == 0x88A8 or ethertype == 0x9100
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def _link(buf, s, c, link):
     """Offset of the network header and its ethertype, or (reason, 0) on failure.
 
@@ -69,7 +69,7 @@ def _link(buf, s, c, link):
     return 0, 0, Reason.LINK_UNSUPPORTED
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def _outer(buf, s, c, p):
     """Outer IPv4 at p and its UDP header: (reason, UDP offset, UDP length)."""
     if c - p < 20:
@@ -101,7 +101,7 @@ def _outer(buf, s, c, p):
     return Reason.OK, u, ulen
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def _options(buf, s, q, oend):
     """Walk the options in [q, oend): (reason, GWLB options seen, endpoint id,
     attachment id, cookie).
@@ -148,7 +148,7 @@ def _options(buf, s, q, oend):
     return Reason.OK, seen, eni, attach, cookie
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def _decap(buf, off, caplen, wirelen, link, n, require_gwlb, l3, geneve, inner, inner_len, gproto,
            vni, outer_src, outer_dst, outer_sport, eni, attach, cookie, verdict, reason, counts):
     # Helpers take `buf` and scalars only: every array passed to a per-packet call

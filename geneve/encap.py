@@ -16,7 +16,7 @@ from egressd.engine.reasons import Verdict
 from egressd.engine.wire import ones_sum
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def _return_inplace(buf, off, link, l3, verdict, n):
     for i in range(n):
         if verdict[i] != Verdict.PASS:

@@ -119,6 +119,13 @@ class CompiledPolicy:
     resolved_sets: list[int] = field(default_factory=list)  # domain sets used by resolved-domain rules
     summary: dict = field(default_factory=dict)
 
+    @property
+    def reads_quic_names(self) -> bool:
+        """Whether any decision can depend on a QUIC Initial's ClientHello (QUIC judged
+        as TLS, `quic` rules, SNI-to-DNS binding): only then need Initials be decrypted."""
+        t = self.tables
+        return bool(t.flags & F_QUIC_AS_TLS or t.sni_resolution != 0 or (t.r_app == APP_QUIC).any())
+
 
 class _Builder:
     def __init__(self) -> None:

@@ -33,14 +33,14 @@ _FNV_OFFSET = np.uint64(0xCBF29CE484222325)
 _FNV_PRIME = np.uint64(0x100000001B3)
 
 
-@njit(cache=True, nogil=True, inline="always")
+@njit(cache=True, nogil=True, inline="always", _nrt=False)
 def _slot(h, mask):
     x = h ^ (h >> np.uint64(31))
     x *= np.uint64(0x9E3779B97F4A7C15)
     return np.int64((x >> np.uint64(17)) & mask)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def reverse_hash(b, off, n):
     """FNV-1a of b[off:off+n] read from the last byte to the first."""
     h = _FNV_OFFSET
@@ -49,7 +49,7 @@ def reverse_hash(b, off, n):
     return h
 
 
-@njit(cache=True, nogil=True, inline="always")
+@njit(cache=True, nogil=True, inline="always", _nrt=False)
 def _equal(a, ao, b, bo, n):
     for k in range(n):
         if a[np.uintp(ao + k)] != b[np.uintp(bo + k)]:
@@ -57,7 +57,7 @@ def _equal(a, ao, b, bo, n):
     return True
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def _hit(hits, owners, d, owner, gen):
     if hits[d] != gen:
         hits[d] = gen
@@ -66,7 +66,7 @@ def _hit(hits, owners, d, owner, gen):
         owners[d] = owner
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def lookup(name, off, n, slots, ents, o_off, o_len, o_kind, o_dset, o_owner, blob, hits, owners,
            gen):
     """Mark hits[set] = gen for every set name[off:off+n] belongs to, owners[set] = the

@@ -31,6 +31,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from egressd.engine import tables
 from egressd.engine.batch import ACT_DNS_NODATA, ACT_NONE, ACT_REJECT, PacketBatch
 from egressd.engine.l7 import (APP_DNS, APP_HTTP, APP_NONE, APP_QUIC, APP_TLS, L7_ECH,
                                L7_SEARCH_END, L7_SEARCH_MORE, L7Table, _arena_valid)
@@ -79,7 +80,7 @@ assert FLOW_DTYPE.itemsize == 64    # one cache line a flow
 
 # --- sets -------------------------------------------------------------------------------
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def _in_aset(t, k, hi, lo):
     """Address (hi, lo) in address set k (-1 any, -2 none)."""
     if k == -1:
@@ -101,7 +102,7 @@ def _in_aset(t, k, hi, lo):
     return above_lo and below_hi
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def _in_pset(t, k, port):
     if k < 0:
         return True
@@ -115,7 +116,7 @@ def _in_pset(t, k, port):
     return a < t.pset[k, 1] and t.p_lo[a] <= port <= t.p_hi[a]
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def _header(t, r, proto, s_hi, s_lo, sp, d_hi, d_lo, dp, tflags):
     """Rule r's protocol, TCP flags, addresses and ports match the packet (either way
     round for a bidirectional rule).  Ports only exist for TCP and UDP."""
@@ -136,7 +137,7 @@ def _header(t, r, proto, s_hi, s_lo, sp, d_hi, d_lo, dp, tflags):
         and _in_pset(t, t.r_sport[r], dp) and _in_pset(t, t.r_dport[r], sp))
 
 
-@njit(cache=True, nogil=True, inline="always")
+@njit(cache=True, nogil=True, inline="always", _nrt=False)
 def _qtype_ok(t, r, qt):
     """DNS Firewall rule r covers query type qt (no list: every type)."""
     a, e = t.r_qtype[r, 0], t.r_qtype[r, 1]
@@ -148,7 +149,7 @@ def _qtype_ok(t, r, qt):
     return False
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def _first_header_match(t, layer, proto, s_hi, s_lo, sp, d_hi, d_lo, dp, tflags):
     """First rule of `layer` whose header matches, -1 none (stateless layers)."""
     for r in range(t.layer[layer, 0], t.layer[layer, 1]):
@@ -159,7 +160,7 @@ def _first_header_match(t, layer, proto, s_hi, s_lo, sp, d_hi, d_lo, dp, tflags)
 
 # --- names ------------------------------------------------------------------------------
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def _name_hits(fq, arena, ent_off, ent_len, ast, nid, hits, owners, gen):
     """Look name nid up; False if the ring has gone over it (then it matches nothing)."""
     if nid < 0 or not _arena_valid(arena, ent_off, ast, nid):
@@ -169,7 +170,7 @@ def _name_hits(fq, arena, ent_off, ent_len, ast, nid, hits, owners, gen):
     return True
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def _conds(t, r, app, have, hits, gen):
     """Rule r's name conditions on a flow of application `app` whose name's sets are
     marked `gen` in hits (`have`: there is a name)."""
@@ -184,7 +185,7 @@ def _conds(t, r, app, have, hits, gen):
     return True
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def _stateful(t, r0, r1, proto, s_hi, s_lo, sp, d_hi, d_lo, dp, direction, est, app, l7,
               have, hits, owners, gen, bt, r_hi, r_lo, now, quic_as_tls):
     """Walk the ordered stateful rules: (outcome, rule, catalog id of the rule, catalog
@@ -205,19 +206,20 @@ def _stateful(t, r0, r1, proto, s_hi, s_lo, sp, d_hi, d_lo, dp, direction, est, 
         e = t.r_est[r]
         if (e == 1 and not est_r) or (e == 2 and est_r):
             continue
+        needs_app = ra != 0 or t.r_cond[r, 1] > t.r_cond[r, 0]
+        # what the application layer rules out, before the (dearer) header: the
+        # handshake of every flow walks the application rules this way
+        if needs_app and (l7 == _L7_NONE or (ra != 0 and app != ra
+                                             and (app != APP_NONE or l7 != _L7_COLLECT))):
+            continue
         if not _header(t, r, p_r, s_hi, s_lo, sp, d_hi, d_lo, dp, 0):
             continue
         rs = t.r_resolved[r]
         if rs >= 0 and not bound(bt, r_hi, r_lo, TAG_SET | np.uint64(rs), now):
             continue
-        needs_app = ra != 0 or t.r_cond[r, 1] > t.r_cond[r, 0]
         if needs_app:
-            if ra != 0 and app != APP_NONE and app != ra:
-                continue
             if l7 == _L7_COLLECT:
                 return _WAIT, r, -1, alert, repeat
-            if l7 == _L7_NONE or (ra != 0 and app != ra):
-                continue
             if not _conds(t, r, app, have, hits, gen):
                 continue
         cat = owners[t.c_dset[t.r_cond[r, 0]]] if t.r_owned[r] else t.r_catalog[r]
@@ -233,7 +235,7 @@ def _stateful(t, r0, r1, proto, s_hi, s_lo, sp, d_hi, d_lo, dp, direction, est, 
 
 # --- the stage --------------------------------------------------------------------------
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def _decide(n, t, fq, verdict, reason, rule_col, alert_col, action, flow, flow_id, dirs, est_col, pflags,
             proto_col, src_hi, src_lo, dst_hi, dst_lo, sport, dport, tcp_flags, ipver,
             payload_len, app_col, name_col, l7f, qtype, ts_ns, slots, fp, arena, ent_off, ent_len, ast,
@@ -540,7 +542,7 @@ def _decide(n, t, fq, verdict, reason, rule_col, alert_col, action, flow, flow_i
     return gen
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def _learn(bt, fq, arena, ent_off, ent_len, ast, hits, owners, gen, cur_name, resolved_sets, nid,
            hi, lo, expiry):
     """Bind address (hi, lo) to name nid and to the resolved-domain sets it is in."""
@@ -559,7 +561,7 @@ def _learn(bt, fq, arena, ent_off, ent_len, ast, hits, owners, gen, cur_name, re
     return gen, cur_name
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def _sni_resolved(bt, arena, ent_off, ent_len, ast, nid, hi, lo, now):
     if not _arena_valid(arena, ent_off, ast, nid):
         return False
@@ -567,7 +569,7 @@ def _sni_resolved(bt, arena, ent_off, ent_len, ast, nid, hi, lo, now):
     return bound(bt, hi, lo, name_key(bt.seed[0], arena, ent_off[k] % arena.shape[0], ent_len[k]), now)
 
 
-@njit(cache=True, nogil=True, inline="always")
+@njit(cache=True, nogil=True, inline="always", _nrt=False)
 def _drop(i, verdict, reason, rule_col, why, cat, hit_counts, reason_counts):
     verdict[i] = Verdict.DROP
     reason[i] = why
@@ -581,7 +583,7 @@ class PolicyStage:
 
     def __init__(self, policy: CompiledPolicy, flow_capacity: int) -> None:
         self.policy = policy
-        self.state = np.zeros(flow_capacity, FLOW_DTYPE)
+        self.state = tables.zeros(flow_capacity, FLOW_DTYPE)
         self.hits = np.zeros(max(policy.names.n_sets, 1), np.int64)
         self.owners = np.zeros(max(policy.names.n_sets, 1), np.int64)
         self.gen = 0

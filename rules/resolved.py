@@ -44,7 +44,7 @@ class Bindings(NamedTuple):
                    np.array([secrets.randbits(64)], np.uint64), np.zeros(2, np.int64))
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def name_key(seed, b, off, n):
     """Keyed 63-bit hash of b[off:off+n] (a normalized name)."""
     h = seed ^ np.uint64(n)
@@ -54,14 +54,14 @@ def name_key(seed, b, off, n):
     return h & ~TAG_SET
 
 
-@njit(cache=True, nogil=True, inline="always")
+@njit(cache=True, nogil=True, inline="always", _nrt=False)
 def _base(bt, hi, lo, key):
     h = (hi * _M) ^ (lo + key) * np.uint64(0xC2B2AE3D27D4EB4F)
     h ^= h >> np.uint64(32)
     return np.int64(h & np.uint64(bt.expiry.shape[0] - BUCKET))
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def bind(bt, hi, lo, key, expiry):
     """Remember (address, key) until `expiry` (a longer TTL extends it)."""
     base = _base(bt, hi, lo, key)
@@ -82,7 +82,7 @@ def bind(bt, hi, lo, key, expiry):
     bt.counters[0] += 1
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def bound(bt, hi, lo, key, now):
     base = _base(bt, hi, lo, key)
     for j in range(base, base + BUCKET):

@@ -34,7 +34,7 @@ from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.l2 import Ether
 from scapy.utils import wrpcap
 
-from egressd.engine.dns import (F_BAD_LABEL, F_BAD_RECORD, F_MORE_ANSWERS, F_NAME_TOO_LONG,
+from egressd.engine.dns import (CHAIN, F_BAD_LABEL, F_BAD_RECORD, F_MORE_ANSWERS, F_NAME_TOO_LONG,
                                 F_POINTER_LOOP, F_RESPONSE, F_TC, F_TRUNCATED_NAME, MALFORMED,
                                 MAX_ANSWERS, MAX_CNAMES, MAX_POINTERS, MAX_RECORDS, NAME_MAX,
                                 NEED_MORE, NOT_DNS, OK, message, tcp_message)
@@ -56,7 +56,8 @@ def run(fn, data: bytes) -> Message:
     hi = np.zeros(ANS_AT + MAX_ANSWERS, np.uint64)
     lo = np.zeros(ANS_AT + MAX_ANSWERS, np.uint64)
     ttl = np.zeros(ANS_AT + MAX_ANSWERS, np.uint32)
-    st, nlen, qtype, rcode, na, flags, txid = fn(buf, LEAD, len(data), name, NAME_AT, hi, lo, ttl, ANS_AT)
+    st, nlen, qtype, rcode, na, flags, txid = fn(buf, LEAD, len(data), name, NAME_AT, hi, lo, ttl, ANS_AT,
+                                                 np.zeros(CHAIN, np.int64))
     assert 0 <= nlen <= NAME_MAX - 2 and 0 <= na <= MAX_ANSWERS
     answers = tuple((int(hi[k]) << 64 | int(lo[k]), int(ttl[k])) for k in range(ANS_AT, ANS_AT + na))
     return Message(st, name[NAME_AT:NAME_AT + nlen].tobytes(), qtype, rcode, answers, flags, txid)
