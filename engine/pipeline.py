@@ -91,11 +91,20 @@ class Pipeline:
         self.l7 = L7Table(self.flows.config.capacity, l7)
         self.policy = PolicyStage(policy, self.flows.config.capacity) if policy else None
         self.actions = Actions(policy) if policy else None
+        self.l7.decrypt_quic = policy is None or policy.reads_quic_names
         self.created: PacketBatch | None = None   # packets the last batch made egressd send
         self.eve: EveWriter | None = None
         self.flow_summary = FlowSummary()
         self.counts = np.zeros(N_REASONS, np.uint64)
         self.stage_ns: dict[str, int] = {}
+
+    def set_policy(self, policy: CompiledPolicy) -> None:
+        """Decide with `policy` from the next batch on (a reload): flows, names and
+        fragments keep their state; the per-flow decisions start afresh, so every flow
+        is judged again on its next packet."""
+        self.policy = PolicyStage(policy, self.flows.config.capacity)
+        self.actions = Actions(policy)
+        self.l7.decrypt_quic = self.eve is not None or policy.reads_quic_names
 
     @property
     def extra_bytes(self) -> int:
@@ -253,6 +262,7 @@ def replay(inp: str | Path, out: str | Path, dropped: str | Path | None = None,
             writers.append(PcapWriter(dropped))
         if eve:
             pipe.eve = EveWriter(eve, EVE_TYPES if eve_types is None else eve_types, pipe)
+            pipe.l7.decrypt_quic = True   # the log names QUIC flows' servers
         batches = iter(reader)
         try:
             while True:

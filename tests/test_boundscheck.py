@@ -18,7 +18,7 @@ from conftest import REPO
 MODULES = ["tests/test_decap_differential.py", "tests/test_fuzz_readers.py", "tests/test_flows.py",
            "tests/test_parse.py", "tests/test_frag.py", "tests/test_tls.py", "tests/test_http.py",
            "tests/test_dns.py", "tests/test_l7.py", "tests/test_fqdn.py", "tests/test_policy_fuzz.py",
-           "tests/test_actions.py"]
+           "tests/test_actions.py", "tests/test_serve_sockio.py"]
 # Fewer hypothesis examples in the child: compiling every kernel again is most of its time.
 CHILD_SCALE = "0.25"
 
