@@ -50,7 +50,8 @@ from __future__ import annotations
 import ipaddress
 import re
 import struct
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -183,13 +184,26 @@ def server_address(host: int, v6: bool) -> str:
     return str(ipaddress.IPv4Address((198 << 24 | 18 << 16) + host % SERVER4_HOSTS + 1))
 
 
+class GenError(ValueError):
+    """An argument the generator cannot use: `param` names it, `reason` says why."""
+
+    def __init__(self, param: str, reason: str) -> None:
+        super().__init__(f"{param}: {reason}")
+        self.param, self.reason = param, reason
+
+
+def check_name(name: str) -> None:
+    """GenError unless `name` can be an SNI, Host and DNS query name."""
+    if not isinstance(name, str) or len(name) > 253 or not _NAME.fullmatch(name) or is_address(name):
+        raise GenError("names", f"not a host name (ASCII labels of 1-63 letters, digits or "
+                                f"hyphens; IDNs in A-label form): {name!r}")
+
+
 def _check_names(names: list[str]) -> list[str]:
     if not names:
-        raise ValueError("names must not be empty")
+        raise GenError("names", "must not be empty")
     for n in names:
-        if not isinstance(n, str) or len(n) > 253 or not _NAME.fullmatch(n) or is_address(n):
-            raise ValueError(f"not a host name (ASCII labels of 1-63 letters, digits or "
-                             f"hyphens; IDNs in A-label form): {n!r}")
+        check_name(n)
     return list(names)
 
 
@@ -201,18 +215,19 @@ def plan(*, flows: int, packets_per_flow: int, mix: dict[str, float] | None = No
     docstring); `generate` takes the same arguments."""
     mix = DEFAULT_MIX if mix is None else mix
     if set(mix) - set(KINDS) or any(not w >= 0 for w in mix.values()) or not sum(mix.values()) > 0:
-        raise ValueError(f"mix: non-negative weights of {', '.join(KINDS)}, not all zero")
+        raise GenError("mix", f"non-negative weights of {', '.join(KINDS)}, not all zero")
     if sizes not in SIZES:
-        raise ValueError(f"sizes: one of {', '.join(SIZES)}")
+        raise GenError("sizes", f"one of {', '.join(SIZES)}")
     if not 1 <= flows <= CLIENT_PORTS * ((1 << 24) - 2):
-        raise ValueError(f"flows: 1 to {CLIENT_PORTS * ((1 << 24) - 2)}")
+        raise GenError("flows", f"1 to {CLIENT_PORTS * ((1 << 24) - 2)}")
     if not 1 <= packets_per_flow <= 50_000:
-        raise ValueError("packets_per_flow: 1 to 50000")
+        raise GenError("packets_per_flow", "1 to 50000")
     if not 1 <= endpoints <= 255:
-        raise ValueError("endpoints: 1 to 255")
-    for share in (ipv6_share, split_client_hello_share, out_of_order_share):
+        raise GenError("endpoints", "1 to 255")
+    for param, share in (("ipv6_share", ipv6_share), ("split_client_hello_share",
+                         split_client_hello_share), ("out_of_order_share", out_of_order_share)):
         if not 0 <= share <= 1:
-            raise ValueError("shares are between 0 and 1")
+            raise GenError(param, "a share between 0 and 1")
     rng = np.random.default_rng(seed)
     names = _check_names([random_name(rng) for _ in range(1000)] if names is None else names)
     weights = np.array([mix.get(k, 0.0) for k in KINDS], np.float64)
@@ -386,7 +401,7 @@ def _initial_plaintext(hello: bytes, fields: dict) -> tuple[bytearray, dict[str,
     to a QUIC_DATAGRAM-byte datagram; and where its per-flow bytes sit."""
     frames = b"\x06\x00" + (0x4000 | len(hello)).to_bytes(2, "big") + hello
     if len(frames) > _INITIAL_PAYLOAD:
-        raise ValueError("a name too long for a QUIC ClientHello in one Initial")
+        raise GenError("names", "a name too long for a QUIC ClientHello in one Initial")
     at = {key: len(frames) - len(hello) + fields[key][0][0] for key in ("sni", "random", "scid")}
     assert fields["scid"][0][1] == 8, "aioquic's source connection id is not 8 bytes"
     return bytearray(frames + bytes(_INITIAL_PAYLOAD - len(frames))), at
@@ -1037,7 +1052,7 @@ def generate(path: str | Path, *, flows: int, packets_per_flow: int,
              mix: dict[str, float] | None = None, names: list[str] | None = None,
              ipv6_share: float = 0.2, sizes: str = "imix", endpoints: int = 3,
              split_client_hello_share: float = 0.1, out_of_order_share: float = 0.0,
-             seed: int = 0) -> dict:
+             seed: int = 0, progress: Callable[[int, int], None] | None = None) -> dict:
     """Write a nanosecond Ethernet pcap of GWLB traffic to `path` (see the module docstring).
 
     `mix`: weights of the flow kinds (tls, http, dns, quic, udp, icmp; missing = 0);
@@ -1045,14 +1060,15 @@ def generate(path: str | Path, *, flows: int, packets_per_flow: int,
     names from the seed); `ipv6_share`: of the flows; `sizes`: imix, 64, 1500 or jumbo
     (inner IP lengths of bulk packets); `endpoints`: GWLB endpoints the flows come
     through; `split_client_hello_share`: of the TLS flows; `out_of_order_share`: of the
-    TCP flows that can have a pair swapped.  Returns counts: flows and packets per kind,
+    TCP flows that can have a pair swapped.  `progress(written, total)` is called with
+    packet counts as chunks reach the file.  Returns counts: flows and packets per kind,
     totals (flows, packets, bytes of frames), split_client_hellos, out_of_order,
     ipv6_flows, and quic_initials (False when aioquic is missing and QUIC flows have none).
     """
     return write(path, plan(flows=flows, packets_per_flow=packets_per_flow, mix=mix, names=names,
                             ipv6_share=ipv6_share, sizes=sizes, endpoints=endpoints,
                             split_client_hello_share=split_client_hello_share,
-                            out_of_order_share=out_of_order_share, seed=seed))
+                            out_of_order_share=out_of_order_share, seed=seed), progress)
 
 
 # The per-packet columns the schedule kernel fills and the write kernel reads.
@@ -1062,8 +1078,8 @@ _COLUMNS = (("flow", np.int32), ("ts", np.int64), ("role", np.uint8), ("plen", n
 GROUP_PACKETS = 1 << 20             # packets scheduled at a time
 
 
-def write(path: str | Path, p: Plan) -> dict:
-    """Write the capture a plan describes; what `generate` returns.
+def write(path: str | Path, p: Plan, progress: Callable[[int, int], None] | None = None) -> dict:
+    """Write the capture a plan describes; what `generate` returns (`progress`: as there).
 
     Memory stays bounded however long the capture: flows are scheduled a group at a
     time (in start order), and a group's packets go out once no later flow can start
@@ -1092,7 +1108,7 @@ def write(path: str | Path, p: Plan) -> dict:
     msg_len[p.kind == K_HTTP] = len(HTTP_PRE) + flow_len[p.kind == K_HTTP] + len(HTTP_POST)
     msg_len[p.kind == K_DNS] = flow_len[p.kind == K_DNS] + 2
     if (msg_len > 1400).any():          # the client's first message fits one segment
-        raise ValueError("a client message longer than one segment")
+        raise GenError("names", "a name too long for a client message in one segment")
     npk = _packets_per_flow(p)
     first = np.zeros(p.flows + 1, np.int64)
     np.cumsum(npk, out=first[1:])
@@ -1103,7 +1119,7 @@ def write(path: str | Path, p: Plan) -> dict:
     record_bytes = 0
 
     def jobs():
-        """One callable per chunk of records, in file order."""
+        """(packets, callable) per chunk of records, in file order."""
         nonlocal record_bytes
         carry = {k: np.zeros(0, t) for k, t in _COLUMNS}
         g0 = 0
@@ -1138,7 +1154,8 @@ def write(path: str | Path, p: Plan) -> dict:
             chunks = _cut(order, col["ts"], col["rlen"], CHUNK_BYTES, last, bounds, nbytes)
             assert chunks >= 0, "chunk table too short"
             for c in range(chunks):
-                yield partial(_chunk, col, order[bounds[c]:bounds[c + 1]], int(nbytes[c]), quic)
+                yield (int(bounds[c + 1] - bounds[c]),
+                       partial(_chunk, col, order[bounds[c]:bounds[c + 1]], int(nbytes[c]), quic))
             g0 = g1
 
     def _chunk(col: dict, order: np.ndarray, size: int, quic: np.ndarray) -> np.ndarray:
@@ -1153,16 +1170,25 @@ def write(path: str | Path, p: Plan) -> dict:
 
     # The kernel releases the GIL: a worker fills the next chunk while this thread
     # writes one (and schedules the next group).
+    n = int(first[-1])
+    written = 0
+
+    def put(done: tuple[int, Future]) -> None:
+        nonlocal written
+        fh.write(done[1].result().data)
+        written += done[0]
+        if progress:
+            progress(written, n)
+
     with open(path, "wb") as fh, ThreadPoolExecutor(1) as worker:
         fh.write(PCAP_HEADER)
         ahead = None
-        for job in jobs():
-            done, ahead = ahead, worker.submit(job)
+        for packets, job in jobs():
+            done, ahead = ahead, (packets, worker.submit(job))
             if done is not None:
-                fh.write(done.result().data)
+                put(done)
         if ahead is not None:
-            fh.write(ahead.result().data)
-    n = int(first[-1])
+            put(ahead)
     counts: dict = {}
     for k, kind in enumerate(KINDS):
         rows = p.kind == k

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 from numba import njit
 
-from egressd.bench.passthrough import machine
+from egressd.bench.machine import machine
 from egressd.bench.traffic import make_capture
 from egressd.engine.pipeline import replay
 from egressd.rules.compile import compile_policy
@@ -53,8 +53,18 @@ def queries(targets: list[str], count: int, rng: np.random.Generator) -> list[by
     return out
 
 
-def rule_group(targets: list[str]) -> dict:
-    return {"RuleGroup": {"RulesSource": {"RulesSourceList": {
+def target_sets(targets: list[str]) -> tuple[set[bytes], set[bytes]]:
+    """The exact and the wildcard targets, as python_allowed takes them."""
+    return ({t.lower().encode() for t in targets if not t.startswith(".")},
+            {t[1:].lower().encode() for t in targets if t.startswith(".")})
+
+
+def rule_group(targets: list[str], home_net: list[str] | None = None) -> dict:
+    """The `describe-rule-group` JSON of an allowlist of `targets` (TLS SNI and HTTP
+    Host, strict order), with HOME_NET `home_net` if given."""
+    variables = ({"RuleVariables": {"IPSets": {"HOME_NET": {"Definition": home_net}},
+                                    "PortSets": {}}} if home_net else {})
+    return {"RuleGroup": {**variables, "RulesSource": {"RulesSourceList": {
         "Targets": targets, "TargetTypes": ["TLS_SNI", "HTTP_HOST"],
         "GeneratedRulesType": "ALLOWLIST"}},
         "StatefulRuleOptions": {"RuleOrder": "STRICT_ORDER"}},
@@ -71,22 +81,23 @@ def _lookups(buf, off, size, fq, hits, owners):
     return found
 
 
+def python_allowed(name: bytes, exact: set[bytes], wild: set[bytes]) -> bool:
+    """What a Python pipeline does per name: a set of the exact targets, and a walk over
+    the name's label-boundary suffixes in the set of the wildcard ones (".x.test" is
+    stored as "x.test": it names x.test and everything below it)."""
+    if name in exact:
+        return True
+    while True:
+        if name in wild:
+            return True
+        dot = name.find(b".")
+        if dot < 0:
+            return False
+        name = name[dot + 1:]
+
+
 def python_lookups(names: set[bytes], wild: set[bytes], qs: list[bytes]) -> int:
-    found = 0
-    for q in qs:
-        if q in names:
-            found += 1
-            continue
-        p = q
-        while True:
-            if p in wild:
-                found += 1
-                break
-            dot = p.find(b".")
-            if dot < 0:
-                break
-            p = p[dot + 1:]
-    return found
+    return sum(python_allowed(q, names, wild) for q in qs)
 
 
 def best(fn, rounds: int) -> tuple[float, object]:
@@ -129,8 +140,7 @@ def main(argv: list[str] | None = None) -> None:
             owners = np.zeros(cp.names.n_sets, np.int64)
             fq = cp.names.arrays()
             t_nb, found = best(lambda: _lookups(buf, off, size, fq, hits, owners), args.rounds)
-            exact = {t.encode() for t in targets if not t.startswith(".")}
-            wild = {t[1:].encode() for t in targets if t.startswith(".")}
+            exact, wild = target_sets(targets)
             t_py, found_py = best(lambda: python_lookups(exact, wild, qs), args.rounds)
             assert found == found_py == len(qs) // 2, (found, found_py)
             row = {"domains": n, "compile_s": round(compile_s, 3), "rule_rows": sum(cp.summary["rules"].values()),

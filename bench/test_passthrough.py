@@ -167,7 +167,7 @@ def test_bench_pcap_writer(benchmark, first_batch: PacketBatch) -> None:
 @pytest.mark.benchmark(group=f"file to file ({BENCH_PACKETS} packets)")
 def test_bench_replay(benchmark, capture: Path, tmp_path: Path) -> None:
     out = tmp_path / "returned.pcap"
-    # A new output each round, as in bench/passthrough.py (ext4 flushes overwritten files).
+    # A new output each round, as in bench/measure.py (ext4 flushes overwritten files).
     stats = benchmark.pedantic(replay, args=(capture, out), setup=lambda: out.unlink(missing_ok=True),
                                rounds=5, warmup_rounds=1)
     _rate(benchmark, BENCH_PACKETS)

@@ -6,6 +6,7 @@ output), 1 internal error.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import re
@@ -16,6 +17,12 @@ from pathlib import Path
 from egressd import __version__
 
 EXIT_OK, EXIT_INTERNAL, EXIT_BAD_INPUT = 0, 1, 2
+
+
+# Modules that add a subcommand: `register(sub)` adds its parser and sets `run`, a
+# function of the parsed arguments returning the exit code.
+SUBCOMMANDS: tuple[str, ...] = ("egressd.bench.gen_cli", "egressd.serve", "egressd.geneve.gwlbsim",
+                                "egressd.bench.harness")
 
 
 class BadInput(Exception):
@@ -78,6 +85,8 @@ def _parser() -> argparse.ArgumentParser:
                      help='e.g. "tcp 10.0.0.5:40000 -> 203.0.113.7:443 sni=example.com", '
                           '"http A:P -> B:80 host=NAME", "udp A:P -> B:53 dns=NAME [qtype=AAAA]", '
                           '"quic A:P -> B:443 sni=NAME", "icmp A -> B"; IPv6 as [2001:db8::1]:443')
+    for module in SUBCOMMANDS:
+        importlib.import_module(module).register(sub)
     return p
 
 
@@ -345,6 +354,8 @@ def _summary(report: dict) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
+        if hasattr(args, "run"):
+            return args.run(args)
         if args.command == "policy":
             return _policy_explain(args) if args.policy_command == "explain" else _policy_check(args)
         return _replay(args)
