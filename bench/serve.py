@@ -4,12 +4,13 @@ A generated GWLB capture is sent by the GWLB simulator (in this process, its soc
 namespace `gwlb`; whole Ethernet frames from an AF_PACKET socket) at increasing rates
 to `egressd serve` in namespace `appliance` over a veth pair (MTU 9001), with 1 and
 then 2 workers.  Per step: packets offered and sent, forwarded by the workers (their
-counters) and returned to the simulator, forwarded packets/s over the send time, loss,
+counters) and returned to the simulator, received and forwarded packets/s over the send
+time, loss (sent but never received by a worker: the policy's drops are not loss),
 the batch latency p50 / p99 (from the workers' histogram, interpolated within buckets),
 the mean batch the workers received, and where the CPU went: each worker's user and
 system time, the simulator's, and the machine's softirq time, as shares of one core
-over the step.  The highest rate sustained is the highest forwarded rate of a step
-with loss at most `--max-loss`.  One JSON line of results on stdout.
+over the step.  The highest rate sustained is the highest received rate of a step with
+loss at most `--max-loss`.  One JSON line of results on stdout.
 
 CPUs.  Worker i is pinned to CPU i, the simulator to the last CPU.  A veth delivers a
 packet in the softirq of the CPU that sent it, so the appliance's kernel receive work
@@ -38,7 +39,8 @@ from egressd.geneve import gwlbsim
 HEALTH, METRICS = 18081, 19101
 _TICK = os.sysconf("SC_CLK_TCK")
 _SCALAR = {"egressd_packets_received_total": "received", "egressd_packets_forwarded_total": "forwarded",
-           "egressd_batches_total": "batches"}
+           "egressd_batches_total": "batches", "egressd_pipeline_seconds_total": "pipeline_s",
+           "egressd_send_seconds_total": "send_s"}
 
 
 def _get(pair: Pair, port: int, path: str) -> tuple[int, str]:
@@ -57,7 +59,7 @@ def _get(pair: Pair, port: int, path: str) -> tuple[int, str]:
 
 
 def _scrape(pair: Pair) -> dict:
-    """Received, forwarded, batches and latency bucket counts (non-cumulative), summed
+    """Received, forwarded, batches, pipeline and send seconds and latency bucket counts (non-cumulative), summed
     over the workers."""
     from prometheus_client.parser import text_string_to_metric_families
 
@@ -109,15 +111,22 @@ def _step(pair: Pair, cap: gwlbsim.Capture, link, count: int, rate: int, workers
     batches = after["batches"] - before["batches"]
     buckets = after["buckets"] - before["buckets"]
     span = max(st.elapsed_s, st.last_return_s)     # a backlog drains after the sends
-    share = lambda v: round(float(v) / wall, 3)    # noqa: E731 - of one core
+
+    def share(seconds: float) -> float:     # of one core
+        return round(float(seconds) / wall, 3)
     return {"offered_pps": rate or "max", "sent": st.sent, "sent_pps": round(st.sent / st.elapsed_s),
             "received": int(received), "forwarded": fwd, "returned": st.returned,
+            "received_pps": round(received / span) if span else None,
             "forwarded_pps": round(fwd / span) if span else None,
-            "loss": round(1 - fwd / st.sent, 5) if st.sent else None,
+            "loss": round(1 - received / st.sent, 5) if st.sent else None,
             "batch_latency_us_p50": round(T.latency_quantile(buckets, 0.5) * 1e6, 1),
             "batch_latency_us_p99": round(T.latency_quantile(buckets, 0.99) * 1e6, 1),
             "rtt_us_p50": st.to_dict().get("rtt_us_p50"), "rtt_us_p99": st.to_dict().get("rtt_us_p99"),
             "mean_batch": round(received / batches, 1) if batches else None,
+            "pipeline_us_per_batch": round(1e6 * (after["pipeline_s"] - before["pipeline_s"]) / batches, 1)
+            if batches else None,
+            "send_us_per_batch": round(1e6 * (after["send_s"] - before["send_s"]) / batches, 1)
+            if batches else None,
             "worker_user": [share(b[0] - a[0]) for a, b in zip(cpu0[0], cpu1[0])],
             "worker_sys": [share(b[1] - a[1]) for a, b in zip(cpu0[0], cpu1[0])],
             "sim_user": share(cpu1[1][0] - cpu0[1][0]), "sim_sys": share(cpu1[1][1] - cpu0[1][1]),
@@ -151,7 +160,7 @@ def run_workers(workers: int, cap: gwlbsim.Capture, count: int, rates: list[int]
             serve.terminate()
             serve.wait(30)
     ok = [s for s in steps if s["loss"] is not None and s["loss"] <= max_loss]
-    best = max(ok, key=lambda s: s["forwarded_pps"], default=None)
+    best = max(ok, key=lambda s: s["received_pps"], default=None)
     return {"workers": workers, "worker_cpus": [cpus[i % len(cpus)] for i in range(workers)],
             "sim_cpu": cpus[-1], "sim_link": "packet" if link else "ip", "steps": steps,
             "highest_sustained": best}

@@ -1,4 +1,5 @@
-"""Command line: `egressd replay ...`, `egressd policy check ...`.
+"""Command line: `egressd replay`, `egressd policy check|explain`; `serve`, `gwlb-sim`,
+`gen` and `bench` register themselves from their modules (SUBCOMMANDS).
 
 Exit codes: 0 ok, 2 bad input (usage, unreadable capture or policy, unwritable
 output), 1 internal error.

@@ -32,8 +32,8 @@ _BOUNDS_NS = (LATENCY_BOUNDS * 1e9).astype(np.int64)
 
 # a worker's row: scalar words, then drops by reason, flow counters, latency buckets
 (W_STATE, W_PID, W_GENERATION, W_PACKETS, W_BYTES, W_FORWARDED, W_FORWARDED_BYTES, W_CREATED,
- W_SEND_FAILED, W_BATCHES, W_LATENCY_SUM_NS) = range(11)
-W_REASONS = 11
+ W_SEND_FAILED, W_BATCHES, W_LATENCY_SUM_NS, W_PIPELINE_NS, W_SEND_NS) = range(13)
+W_REASONS = 13
 W_FLOWS = W_REASONS + N_REASONS
 W_BUCKETS = W_FLOWS + len(FLOW_COUNTERS)
 ROW = W_BUCKETS + len(LATENCY_BOUNDS) + 1
@@ -66,8 +66,9 @@ class Shared:
 
 
 def record_batch(row: np.ndarray, packets: int, nbytes: int, forwarded: int, forwarded_bytes: int,
-                 created: int, latency_ns: int) -> None:
-    """Add one batch to a worker's row."""
+                 created: int, latency_ns: int, pipeline_ns: int) -> None:
+    """Add one batch to a worker's row: `latency_ns` from its receive to its last send,
+    `pipeline_ns` of that in the pipeline (the rest is building and sending the returns)."""
     row[W_PACKETS] += packets
     row[W_BYTES] += nbytes
     row[W_FORWARDED] += forwarded
@@ -75,6 +76,8 @@ def record_batch(row: np.ndarray, packets: int, nbytes: int, forwarded: int, for
     row[W_CREATED] += created
     row[W_BATCHES] += 1
     row[W_LATENCY_SUM_NS] += latency_ns
+    row[W_PIPELINE_NS] += pipeline_ns
+    row[W_SEND_NS] += latency_ns - pipeline_ns
     row[W_BUCKETS + int(np.searchsorted(_BOUNDS_NS, latency_ns))] += 1
 
 
@@ -122,6 +125,13 @@ class ServeCollector(Collector):
         yield per_worker(CounterMetricFamily, "egressd_send_failures",
                          "returned packets the raw socket refused", W_SEND_FAILED)
         yield per_worker(CounterMetricFamily, "egressd_batches", "batches processed", W_BATCHES)
+        seconds = [(W_PIPELINE_NS, "egressd_pipeline_seconds", "time in the pipeline (decap to verdicts)"),
+                   (W_SEND_NS, "egressd_send_seconds", "time building and sending the returns")]
+        for col, name, doc in seconds:
+            m = CounterMetricFamily(name, doc, labels=["worker"])
+            for w, r in zip(workers, rows):
+                m.add_metric([w], float(r[col]) / 1e9)
+            yield m
         ready = GaugeMetricFamily("egressd_worker_ready", "1 when the worker is serving", labels=["worker"])
         for w, r in zip(workers, rows):
             ready.add_metric([w], float(r[W_STATE] == READY))

@@ -104,6 +104,7 @@ def run(index: int, cfg: WorkerConfig, shm_name: str, workers: int, conn: Connec
             now = time.perf_counter_ns()
             if b is not None:
                 pipe.process(b, rx.extra_base)
+                processed = time.perf_counter_ns()
                 k = tx.add(b, 0)
                 created = pipe.created.n if pipe.created is not None else 0
                 if created:
@@ -113,7 +114,8 @@ def run(index: int, cfg: WorkerConfig, shm_name: str, workers: int, conn: Connec
                 forwarded = k - (tx.failed - failed)
                 n = b.n
                 T.record_batch(row, n, int(b.wirelen[:n].sum(dtype=np.int64)), forwarded,
-                               int(tx.vec.iov[:k, 1].sum()), created, time.perf_counter_ns() - now)
+                               int(tx.vec.iov[:k, 1].sum()), created, time.perf_counter_ns() - now,
+                               processed - now)
                 row[T.W_SEND_FAILED] = tx.failed
                 reasons[:] = pipe.counts
             if now >= next_flows:

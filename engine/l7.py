@@ -616,6 +616,8 @@ class L7Table:
             self.free, self.nfree, self.scratch, self.name_buf, self.alpn_buf, a.bytes, a.off,
             a.len, a.state, self.ans_row, self.ans_name, self.ans_hi, self.ans_lo, self.ans_ttl,
             *self._a, self.quic_rows, self.config.dns_any_port, self.counters_)
+        if nq == 0:
+            return
         if not self.decrypt_quic:
             # A QUIC Initial costs ~50 us of Python to decrypt: skipped when nothing reads
             # its name.  The flows are QUIC all the same, with no name, and searched no more.
