@@ -93,7 +93,7 @@ class Pipeline:
         self.actions = Actions(policy) if policy else None
         self.l7.decrypt_quic = policy is None or policy.reads_quic_names
         self.created: PacketBatch | None = None   # packets the last batch made egressd send
-        self.eve: EveWriter | None = None
+        self._eve: EveWriter | None = None
         self.flow_summary = FlowSummary()
         self.counts = np.zeros(N_REASONS, np.uint64)
         self.stage_ns: dict[str, int] = {}
@@ -105,6 +105,16 @@ class Pipeline:
         self.policy = PolicyStage(policy, self.flows.config.capacity)
         self.actions = Actions(policy)
         self.l7.decrypt_quic = self.eve is not None or policy.reads_quic_names
+
+    @property
+    def eve(self) -> EveWriter | None:
+        return self._eve
+
+    @eve.setter
+    def eve(self, writer: EveWriter | None) -> None:
+        self._eve = writer
+        if writer is not None:
+            self.l7.decrypt_quic = True   # the log names QUIC flows' servers
 
     @property
     def extra_bytes(self) -> int:
@@ -262,7 +272,6 @@ def replay(inp: str | Path, out: str | Path, dropped: str | Path | None = None,
             writers.append(PcapWriter(dropped))
         if eve:
             pipe.eve = EveWriter(eve, EVE_TYPES if eve_types is None else eve_types, pipe)
-            pipe.l7.decrypt_quic = True   # the log names QUIC flows' servers
         batches = iter(reader)
         try:
             while True:
