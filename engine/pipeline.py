@@ -6,6 +6,13 @@ replay adds the capture reader in front and the pcap writers behind.  The decisi
 rules.match over a compiled policy, or allow-all when none is given.  Every stage's
 time is accumulated per batch (VPP's `show runtime`), so the stats say where the time
 goes.
+
+The kernels from the reader to the decision are compiled with `_nrt=False` (no numba
+runtime): they allocate nothing, and without the runtime numba emits no reference
+counting, which otherwise costs an atomic increment and decrement per array each time
+a kernel calls a helper with a tuple of arrays (the policy's tables are 46): it was
+most of the decide stage's time.
+`engine.tables` puts the per-flow tables in transparent huge pages.
 """
 from __future__ import annotations
 
