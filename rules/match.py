@@ -186,16 +186,17 @@ def _conds(t, r, app, have, hits, gen):
 
 
 @njit(cache=True, nogil=True, _nrt=False)
-def _stateful(t, r0, r1, proto, s_hi, s_lo, sp, d_hi, d_lo, dp, direction, est, app, l7,
+def _stateful(t, rows, proto, s_hi, s_lo, sp, d_hi, d_lo, dp, direction, est, app, l7,
               have, hits, owners, gen, bt, r_hi, r_lo, now, quic_as_tls):
-    """Walk the ordered stateful rules: (outcome, rule, catalog id of the rule, catalog
+    """Walk the stateful rules `rows` in order: (outcome, rule, catalog id of the rule, catalog
     id of the first alert, whether that alert repeats on every packet: it needs no
     application data).  (r_hi, r_lo) is the connection's responder, for resolved-domain
     rules.  `quic_as_tls`: a QUIC flow judged by the TLS rules, which then take it for
     TLS over an established TCP connection (what their protocol and flow keyword say)."""
     alert = -1
     repeat = False
-    for r in range(r0, r1):
+    for k in range(rows.shape[0]):
+        r = rows[k]
         ra = t.r_app[r]
         p_r, est_r = proto, est
         if quic_as_tls and ra == APP_TLS:
@@ -240,8 +241,10 @@ def _decide(n, t, fq, verdict, reason, rule_col, alert_col, action, flow, flow_i
             proto_col, src_hi, src_lo, dst_hi, dst_lo, sport, dport, tcp_flags, ipver,
             payload_len, app_col, name_col, l7f, qtype, ts_ns, slots, fp, arena, ent_off, ent_len, ast,
             hits, owners, gen0, hit_counts, counters, reason_counts, bt, learn, resolved_sets, ttl_max_ns,
-            ans_row, ans_name, ans_hi, ans_lo, ans_ttl, n_ans):
-    """Returns the last generation number used in `hits`."""
+            ans_row, ans_name, ans_hi, ans_lo, ans_ttl, n_ans, all_rows, plain_rows, name_apps):
+    """Returns the last generation number used in `hits`.  `all_rows`: the stateful
+    rules in order; `plain_rows`: those of them that read no application layer;
+    `name_apps`: bit APP_x set when a stateful rule reads the name of application x."""
     gen = gen0
     cur_name = np.int64(-2)
     ak = 0
@@ -474,12 +477,16 @@ def _decide(n, t, fq, verdict, reason, rule_col, alert_col, action, flow, flow_i
             continue
         nid = name_col[i] if is_dns else f.name
         have = nid >= 0
-        if have and nid != cur_name:
+        # looked up only if a stateful rule reads this application's name (most DNS
+        # queries meet only TLS and HTTP rules)
+        if have and nid != cur_name and (name_apps >> fapp) & 1:
             gen += 1
             cur_name = nid
             have = _name_hits(fq, arena, ent_off, ent_len, ast, nid, hits, owners, gen)
         counters[K_EVALUATIONS] += 1
-        out, r, rcat, al, repeat = _stateful(t, s0, s1, pr, sh, sl, sp, dh, dl, dp, d, e, fapp, l7,
+        # before a flow's application is known, no rule that reads it can match
+        out, r, rcat, al, repeat = _stateful(t, plain_rows if l7 == _L7_NONE else all_rows,
+                                             pr, sh, sl, sp, dh, dl, dp, d, e, fapp, l7,
                                              have, hits, owners, gen, bt, rh, rl, ts_ns[i],
                                              quic_tls and pr == PROTO_UDP and fapp == APP_TLS)
         calert = al if repeat else -1
@@ -594,6 +601,15 @@ class PolicyStage:
         self.bindings = Bindings.empty(policy.options.binding_capacity if self.learn else BUCKET)
         self.resolved_sets = np.array(policy.resolved_sets, np.int64)
         self.ttl_max_ns = int(policy.options.resolved_domain_ttl_max or 0) * 1_000_000_000
+        # the handshake of every flow is judged before its application is known: then
+        # only the rules that read none of it need walking (none, for a domain allowlist)
+        self.all_rows = np.arange(t.layer[C.L_STATEFUL, 0], t.layer[C.L_STATEFUL, 1], dtype=np.int64)
+        reads_app = (t.r_app[self.all_rows] != 0) | (t.r_cond[self.all_rows, 1] > t.r_cond[self.all_rows, 0])
+        self.plain_rows = self.all_rows[~reads_app]
+        conds = [c for r in self.all_rows for c in range(t.r_cond[r, 0], t.r_cond[r, 1])]
+        buffers = {int(t.c_buffer[c]) for c in conds}
+        self.name_apps = sum(1 << app for app, buf in ((APP_TLS, C.BUF_SNI), (APP_HTTP, C.BUF_HOST),
+                                                      (APP_DNS, C.BUF_DNS)) if buf in buffers)
 
     def decide(self, b: PacketBatch, flows: FlowTable, l7: L7Table, counts: np.ndarray) -> None:
         """Decide batch `b`; drops are added to `counts` (per Reason)."""
@@ -605,7 +621,7 @@ class PolicyStage:
             b.name_id, b.l7_flags, b.qtype, b.ts_ns, flows.slots, self.state, a.bytes, a.off, a.len, a.state,
             self.hits, self.owners, self.gen, self.rule_hits, self.counters_, counts, self.bindings, self.learn,
             self.resolved_sets, self.ttl_max_ns, l7.ans_row, l7.ans_name, l7.ans_hi, l7.ans_lo,
-            l7.ans_ttl, l7.n_answers))
+            l7.ans_ttl, l7.n_answers, self.all_rows, self.plain_rows, self.name_apps))
 
     def counters(self) -> dict:
         out = {name: int(v) for name, v in zip(COUNTER_NAMES, self.counters_)}
