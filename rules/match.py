@@ -208,8 +208,7 @@ def _stateful(t, rows, proto, s_hi, s_lo, sp, d_hi, d_lo, dp, direction, est, ap
         if (e == 1 and not est_r) or (e == 2 and est_r):
             continue
         needs_app = ra != 0 or t.r_cond[r, 1] > t.r_cond[r, 0]
-        # what the application layer rules out, before the (dearer) header: the
-        # handshake of every flow walks the application rules this way
+        # what the application layer rules out, before the (dearer) header
         if needs_app and (l7 == _L7_NONE or (ra != 0 and app != ra
                                              and (app != APP_NONE or l7 != _L7_COLLECT))):
             continue
