@@ -100,14 +100,15 @@ def python_lookups(names: set[bytes], wild: set[bytes], qs: list[bytes]) -> int:
     return sum(python_allowed(q, names, wild) for q in qs)
 
 
-def best(fn, rounds: int) -> tuple[float, object]:
+def best(fn, rounds: int) -> tuple[float, list[float], object]:
+    """fn() once untimed, then `rounds` timed: (fastest, every time, last result)."""
     fn()
     times = []
     for _ in range(rounds):
         t0 = time.perf_counter()
         out = fn()
         times.append(time.perf_counter() - t0)
-    return min(times), out
+    return min(times), times, out
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -139,9 +140,9 @@ def main(argv: list[str] | None = None) -> None:
             hits = np.zeros(cp.names.n_sets, np.int64)
             owners = np.zeros(cp.names.n_sets, np.int64)
             fq = cp.names.arrays()
-            t_nb, found = best(lambda: _lookups(buf, off, size, fq, hits, owners), args.rounds)
+            t_nb, _, found = best(lambda: _lookups(buf, off, size, fq, hits, owners), args.rounds)
             exact, wild = target_sets(targets)
-            t_py, found_py = best(lambda: python_lookups(exact, wild, qs), args.rounds)
+            t_py, _, found_py = best(lambda: python_lookups(exact, wild, qs), args.rounds)
             assert found == found_py == len(qs) // 2, (found, found_py)
             row = {"domains": n, "compile_s": round(compile_s, 3), "rule_rows": sum(cp.summary["rules"].values()),
                    "egressd_lookups_per_s": round(len(qs) / t_nb), "python_lookups_per_s": round(len(qs) / t_py),

@@ -23,7 +23,7 @@ from egressd.bench.baselines import FlowJudge, copy_floor, dpkt_pipeline, scapy_
 from egressd.bench.gen import generate
 from egressd.bench.harness import cells
 from egressd.bench.machine import machine
-from egressd.bench.policy import allowlist, queries, rule_group, target_sets
+from egressd.bench.policy import allowlist, best, queries, rule_group, target_sets
 
 HOME_NET = ["10.0.0.0/8", "fd00::/16"]        # bench.gen's clients
 NAMES_PER_CAPTURE = 1000          # distinct server names in a capture: half allowed
@@ -99,17 +99,6 @@ def missing(contestant: str, cell: tuple, why: str, status: str = "missing") -> 
             "ratio": None}
 
 
-def _best(fn, rounds: int) -> tuple[float, list[float], object]:
-    """fn() once untimed, then `rounds` timed; (best, all, last result)."""
-    fn()
-    runs = []
-    for _ in range(rounds):
-        start = time.perf_counter()
-        result = fn()
-        runs.append(time.perf_counter() - start)
-    return min(runs), runs, result
-
-
 def _frames(path: Path) -> list[bytes]:
     import dpkt
     with open(path, "rb") as f:
@@ -163,10 +152,10 @@ def run_cell(cell: tuple, headline: bool, s: dict, work: Path, policies: dict, l
                   "checks": {}}
     if headline:
         out = work / f"{tag}-copy.pcap"
-        best, runs, copied = _best(lambda: (out.unlink(missing_ok=True), copy_floor(capture, out))[1],
-                                   s["rounds"])
+        fastest, runs, _ = best(lambda: (out.unlink(missing_ok=True), copy_floor(capture, out))[1],
+                                     s["rounds"])
         out.unlink()
-        rows.append(row(COPY, cell, total["packets"], total["bytes"], best, runs))
+        rows.append(row(COPY, cell, total["packets"], total["bytes"], fastest, runs))
     if "suricata" in chosen:
         rows += _suricata(cell, headline, capture, policy, work, info, log)
     for b in python_here:
@@ -201,13 +190,13 @@ def _suricata(cell: tuple, headline: bool, capture: Path, policy: Path, work: Pa
     for mode, name in modes:
         runs = [suricata.run(capture, rules_file, HOME_NET, mode, work)
                 for _ in range(1 if not headline else 2)]
-        best = min(runs, key=lambda r: r["seconds"])
-        out.append(row(name, cell, best["packets"], info["bytes"], best["seconds"],
-                       [r["seconds"] for r in runs], rules_loaded=best["rules_loaded"],
-                       rule_load_s=round(best["wall_s"] - best["seconds"], 3),
-                       dropped=best["dropped"], alerts=best["alerts"]))
-        log(f"  {name}: {out[-1]['packets_per_s']:,} packets/s ({best['rules_loaded']} rules "
-            f"loaded in {out[-1]['rule_load_s']:.1f} s, not timed), dropped {best['dropped']:,}")
+        fast = min(runs, key=lambda r: r["seconds"])
+        out.append(row(name, cell, fast["packets"], info["bytes"], fast["seconds"],
+                       [r["seconds"] for r in runs], rules_loaded=fast["rules_loaded"],
+                       rule_load_s=round(fast["wall_s"] - fast["seconds"], 3),
+                       dropped=fast["dropped"], alerts=fast["alerts"]))
+        log(f"  {name}: {out[-1]['packets_per_s']:,} packets/s ({fast['rules_loaded']} rules "
+            f"loaded in {out[-1]['rule_load_s']:.1f} s, not timed), dropped {fast['dropped']:,}")
         shutil.rmtree(work / f"suricata-{mode}", ignore_errors=True)
     return out
 
