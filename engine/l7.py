@@ -335,6 +335,14 @@ def _same_name(arena, ent_off, ent_len, a, b):
     return True
 
 
+@njit(cache=True, nogil=True, inline="always", _nrt=False)
+def _empty(iv_s, iv_e, bi):
+    for j in range(MAX_HOLES):
+        if iv_e[bi, j] > iv_s[bi, j]:
+            return False
+    return True
+
+
 @njit(cache=True, nogil=True, _nrt=False)
 def _shift(pool, bi, iv_s, iv_e, k):
     """Drop the first k stream bytes of buffer bi (the search moved past them)."""
@@ -496,6 +504,15 @@ def _l7(buf, n, verdict, flow, flow_id, dirs, proto, sport, dport, tcp_flags, tc
             if not done and used:
                 _shift(pool, bi, iv_s, iv_e, used)
                 have -= used
+                if _empty(iv_s, iv_e, bi):
+                    # the message ended where a segment did: the next one starts a
+                    # packet, as on the in-place path, and the buffer goes back to the pool
+                    # (a flow that searches on for a second ClientHello must not hold it)
+                    free[nfree] = bi
+                    nfree += 1
+                    f_buf[s] = -1
+                    flags_col[i] |= L7_SEARCH_MORE
+                    continue
         if not done and (not ok or f_segs[s] >= MAX_SEGMENTS or have >= MAX_STREAM):
             f_state[s] = _DONE
             if f_stage[s] == _FIRST:  # limits reached with the name still incomplete
@@ -619,17 +636,28 @@ class L7Table:
         if nq == 0:
             return
         if not self.decrypt_quic:
-            # A QUIC Initial costs ~50 us of Python to decrypt: skipped when nothing reads
-            # its name.  The flows are QUIC all the same, with no name, and searched no more.
-            rows = self.quic_rows[:nq]
-            b.app[rows] = self.app[b.flow[rows]] = APP_QUIC
-            b.l7_flags[rows] |= L7_SEARCH_END
-            fresh = self.state[b.flow[rows]] != _DONE
-            self.state[b.flow[rows]] = _DONE
-            self.counters_[C_QUIC_UNREAD] += int(np.unique(b.flow[rows][fresh]).size)
+            self._skip_quic(b, self.quic_rows[:nq])
             return
         for i in self.quic_rows[:nq]:
             self._quic(b, int(i))
+
+    def _skip_quic(self, b: PacketBatch, rows: np.ndarray) -> None:
+        # A QUIC Initial costs ~50 us of Python to decrypt: skipped when nothing reads its
+        # name.  A datagram that opens with a QUIC v1/v2 long header makes its flow QUIC,
+        # with no name; either way the flow is searched no more.
+        slots = b.flow[rows]
+        p = b.payload[rows]
+        last = b.buf.shape[0] - 1
+        version = np.zeros(rows.shape[0], np.uint32)
+        for k in range(1, 5):
+            version = (version << 8) | b.buf[np.minimum(p + k, last)]
+        long_header = (b.payload_len[rows] >= 5) & (b.buf[p] & 0xC0 == 0xC0)
+        is_quic = long_header & ((version == quic.VERSION_1) | (version == quic.VERSION_2))
+        b.app[rows[is_quic]] = self.app[slots[is_quic]] = APP_QUIC
+        b.l7_flags[rows] |= L7_SEARCH_END
+        fresh = self.state[slots] != _DONE
+        self.state[slots] = _DONE
+        self.counters_[C_QUIC_UNREAD] += int(np.unique(slots[is_quic & fresh]).size)
 
     def _quic(self, b: PacketBatch, i: int) -> None:
         # Python, once per client datagram of a QUIC flow still without a name

@@ -357,6 +357,20 @@ def test_whole_client_hello_takes_no_buffer() -> None:
     assert run.counters()["pool_exhausted"] == 0
 
 
+def test_reassembled_client_hello_gives_its_buffer_back() -> None:
+    """A split ClientHello, once complete, returns its buffer although the flow still
+    searches (for a second ClientHello): with a pool of one, the next live flow's split
+    ClientHello gets it while the first flow is still open."""
+    a, b = Tcp(40850), Tcp(40851)
+    (h1, x1), (h2, x2) = pieces(hello("first.example"), 2)
+    (k1, y1), (k2, y2) = pieces(hello("second.example"), 2)
+    packets = a.handshake() + [a.data(h1, x1), a.data(h2, x2)]
+    packets += b.handshake() + [b.data(k1, y1), b.data(k2, y2)]
+    run = replay(packets, batch=2, pipe=pipeline(L7Config(buffers=1)))
+    assert run.names == {4: "first.example", 9: "second.example"}
+    assert (run.counters()["pool_exhausted"], run.counters()["reassembled"]) == (0, 2)
+
+
 @pytest.mark.parametrize("stalled", [True, False])
 def test_stalled_flow_loses_its_buffer(stalled: bool) -> None:
     """With the pool empty, a flow that sent nothing for STALL_NS gives its buffer up."""
